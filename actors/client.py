@@ -1,0 +1,253 @@
+"""Client: the API workload scripts use.
+
+    client = connect("./leaderless-data")          # or cluster.client()
+    ctx = client.put("cart:priya", b"milk")
+    obj = client.get("cart:priya")                  # obj.values (siblings), obj.context
+    client.put("cart:priya", b"milk,eggs", context=obj.context)
+    futures = [client.put_async(f"k{i}", b"v") for i in range(1000)]
+
+One authenticated connection per node, opened on first use; many requests in flight on
+each (pipelining); replies matched by request id. Requests go round-robin over the
+client's nodes; a node that cannot be reached is skipped for the next one. A client is
+safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pykka
+
+from .config import ClusterConfig, load_secret
+from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, LeaderlessError, ProtocolError,
+                     RequestTimeout)
+from .messages import (ClientGet, ClientPut, GetResult, Hello, InspectRequest, LocalObject, Reply, SetFaults,
+                       StatusRequest)
+from .transport import Connection
+from .wire import FrameReader, client_handshake
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 2.0
+REPLY_MARGIN = 2.0      # seconds a blocking call waits beyond the server-side request timeout
+
+
+class Future(pykka.ThreadingFuture):
+    """A pending reply; ``get(timeout)`` raises ``RequestTimeout`` when it does not come in time."""
+
+    def get(self, timeout: float | None = None) -> Any:
+        try:
+            return super().get(timeout=timeout)
+        except pykka.Timeout as exc:
+            raise RequestTimeout(f"no reply within {timeout}s") from exc
+
+
+def _fail(future: Future, error: BaseException) -> None:
+    try:
+        raise error
+    except BaseException:
+        future.set_exception(sys.exc_info())
+
+
+class NodeConnection:
+    """One pipelined connection to one node."""
+
+    def __init__(self, name: str, address: tuple[str, int], secret: bytes) -> None:
+        self.name = name
+        self.address = address
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        try:
+            sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise ClusterUnavailable(f"cannot reach node {name} at {address[0]}:{address[1]}: {exc}") from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client_handshake(sock, secret)
+        except OSError as exc:
+            sock.close()
+            raise ClusterUnavailable(f"node {name} at {address[0]}:{address[1]} dropped the connection: {exc}") \
+                from exc
+        except LeaderlessError:
+            sock.close()
+            raise
+        self._conn = Connection(sock, "node", name, self._on_frames, self._on_close)
+        self._conn.send(Hello("client"))
+        threading.Thread(target=self._conn.start, args=(FrameReader(), []), name=f"client-{name}",
+                         daemon=True).start()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.closed
+
+    def request(self, make: Any, *args: Any) -> Future:
+        """Send ``make(req_id, *args)``; the returned future holds the reply's result."""
+        future = Future()
+        with self._lock:
+            if self._conn.closed:
+                raise ConnectionError_(f"connection to {self.name} is closed")
+            req_id = next(self._ids)
+            self._pending[req_id] = future
+        self._conn.send(make(req_id, *args))
+        return future
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _on_frames(self, _conn: Connection, messages: list[Any]) -> None:
+        for message in messages:
+            if not isinstance(message, Reply):
+                log.warning("node %s sent an unexpected %s", self.name, type(message).__name__)
+                continue
+            with self._lock:
+                future = self._pending.pop(message.req_id, None)
+            if future is None:
+                continue
+            if message.ok:
+                future.set(message.result)
+            elif isinstance(message.result, BaseException):
+                _fail(future, message.result)
+            else:
+                _fail(future, ProtocolError(f"node {self.name} sent a malformed error"))
+
+    def _on_close(self, _conn: Connection) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            _fail(future, ConnectionError_(f"connection to {self.name} closed before the reply "
+                                           "(the request may or may not have been applied)"))
+
+
+class Client:
+    """Talks to a cluster through some of its nodes (all of them by default)."""
+
+    def __init__(self, addresses: Mapping[str, tuple[str, int]], secret: bytes, *, timeout: float | None = None,
+                 nodes: Iterable[str] | None = None) -> None:
+        chosen = list(nodes) if nodes is not None else sorted(addresses)
+        unknown = [n for n in chosen if n not in addresses]
+        if unknown:
+            raise ClusterUnavailable(f"unknown nodes {', '.join(unknown)}; the cluster has {', '.join(addresses)}")
+        if not chosen:
+            raise ClusterUnavailable("a client needs at least one node")
+        self.addresses = {name: tuple(addresses[name]) for name in chosen}
+        self._all_addresses = dict(addresses)
+        self._secret = secret
+        self.timeout = timeout
+        self._connections: dict[str, NodeConnection] = {}
+        self._lock = threading.Lock()
+        self._rr = itertools.count()
+
+    # --- key-value API (contract) --------------------------------------------------------
+
+    def put(self, key: str, value: bytes, context: Any = None, *, w: int | str | None = None,
+            timeout: float | None = None) -> tuple:
+        """Write ``value`` after ``context``; returns the new causal context."""
+        return self._wait(self.put_async(key, value, context, w=w, timeout=timeout), timeout)
+
+    def get(self, key: str, *, r: int | str | None = None, timeout: float | None = None) -> GetResult:
+        """Read every sibling of ``key``: ``.values`` ([] when absent or deleted) and ``.context``."""
+        return self._wait(self.get_async(key, r=r, timeout=timeout), timeout)
+
+    def delete(self, key: str, context: Any = None, *, w: int | str | None = None,
+               timeout: float | None = None) -> tuple:
+        """Write a tombstone after ``context``; returns the tombstone's context."""
+        return self._wait(self.delete_async(key, context, w=w, timeout=timeout), timeout)
+
+    def put_async(self, key: str, value: bytes, context: Any = None, *, w: int | str | None = None,
+                  timeout: float | None = None) -> Future:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"value must be bytes, got {type(value).__name__}")
+        return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout or self.timeout)
+
+    def get_async(self, key: str, *, r: int | str | None = None, timeout: float | None = None) -> Future:
+        return self._send(ClientGet, key, r, timeout or self.timeout)
+
+    def delete_async(self, key: str, context: Any = None, *, w: int | str | None = None,
+                     timeout: float | None = None) -> Future:
+        return self._send(ClientPut, key, None, tuple(context or ()), w, timeout or self.timeout)
+
+    # --- per-node calls (used by LocalCluster and the CLI) --------------------------------
+
+    def status(self, node: str, timeout: float = 5.0) -> dict[str, Any]:
+        return self._connection(node).request(StatusRequest).get(timeout)
+
+    def status_all(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+        """Every node's status, in node order; a node that does not answer shows ``{"up": False}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for node in self._all_addresses:
+            try:
+                out[node] = self.status(node, timeout=timeout)
+            except LeaderlessError as exc:
+                self._forget(node)
+                out[node] = {"name": node, "up": False, "error": str(exc)}
+        return out
+
+    def inspect(self, node: str, key: str, timeout: float = 5.0) -> LocalObject | None:
+        return self._connection(node).request(InspectRequest, key).get(timeout)
+
+    def set_faults(self, node: str, blocked: Iterable[str] = (), delay_ms: float = 0.0, timeout: float = 5.0) -> None:
+        self._connection(node).request(SetFaults, tuple(blocked), float(delay_ms)).get(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._connections = list(self._connections.values()), {}
+        for conn in conns:
+            conn.close()
+
+    def _forget(self, node: str) -> None:
+        with self._lock:
+            conn = self._connections.pop(node, None)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _wait(self, future: Future, timeout: float | None) -> Any:
+        limit = (timeout or self.timeout or 3.0) + REPLY_MARGIN
+        return future.get(timeout=limit)
+
+    def _send(self, make: Any, *args: Any) -> Future:
+        names = list(self.addresses)
+        start = next(self._rr)
+        errors: list[str] = []
+        for i in range(len(names)):
+            name = names[(start + i) % len(names)]
+            try:
+                return self._connection(name).request(make, *args)
+            except AuthenticationFailed:
+                raise
+            except ConnectionError_ as exc:
+                errors.append(str(exc))
+        raise ClusterUnavailable("no node could be reached: " + "; ".join(errors))
+
+    def _connection(self, name: str) -> NodeConnection:
+        conn = self._connections.get(name)
+        if conn is not None and not conn.closed:
+            return conn
+        with self._lock:
+            conn = self._connections.get(name)
+            if conn is None or conn.closed:
+                address = self._all_addresses.get(name)
+                if address is None:
+                    raise ClusterUnavailable(f"unknown node {name}")
+                conn = self._connections[name] = NodeConnection(name, tuple(address), self._secret)
+        return conn
+
+
+def connect(data_dir: str, *, nodes: Iterable[str] | None = None, timeout: float | None = None) -> Client:
+    """A client for the cluster whose data directory is ``data_dir`` (addresses and secret read from it)."""
+    config = ClusterConfig.load(data_dir)
+    return Client(config.nodes, load_secret(data_dir), nodes=nodes, timeout=timeout)

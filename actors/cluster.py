@@ -1,0 +1,317 @@
+"""LocalCluster: node processes on this machine, and the faults tests inject into them.
+
+    with LocalCluster(nodes=5, n=3, r=2, w=2, data_dir=tmp) as cluster:
+        client = cluster.client()
+        cluster.kill("n2"); cluster.restart("n2")
+        cluster.partition(["n1", "n2"], ["n3", "n4", "n5"]); cluster.heal()
+
+Each node is ``python -m actors.node`` in its own process group, its output in
+``DATA_DIR/<node>/node.log``. Leaving the ``with`` block (or ``stop()``) ends every
+process this object started, by PID: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .client import Client
+from .config import ClusterConfig, ensure_secret
+from .errors import ClusterUnavailable, InvalidRequest, LeaderlessError
+from .messages import LocalObject
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE = 5.0
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS says are free right now (bound all at once, so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class LocalCluster:
+    """Starts, breaks and stops a cluster of node processes on 127.0.0.1."""
+
+    def __init__(self, nodes: int = 5, n: int = 3, r: int | str = 2, w: int | str = 2,
+                 data_dir: str | os.PathLike[str] | None = None, *, base_port: int | None = None,
+                 host: str = "127.0.0.1", timeout: float = 3.0, gossip_interval: float = 0.2,
+                 down_after: float = 1.5, partitions: int = 64, start_timeout: float = 30.0) -> None:
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="leaderless-")
+            data_dir = self._tmp.name
+        self.data_dir = Path(data_dir)
+        self.start_timeout = start_timeout
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._client: Client | None = None
+        self._blocked: dict[str, set[str]] = {}
+        self._delays: dict[str, float] = {}
+        existing = (self.data_dir / "cluster.json").exists()
+        if existing:
+            self.config = ClusterConfig.load(self.data_dir)
+            if len(self.config.nodes) != nodes or self.config.n != n:
+                raise InvalidRequest(
+                    f"{self.data_dir} holds a {len(self.config.nodes)}-node cluster with n={self.config.n}; "
+                    f"asked for {nodes} nodes with n={n}: use another data dir")
+            self.config.r, self.config.w, self.config.timeout = r, w, timeout
+        else:
+            if nodes < 1:
+                raise InvalidRequest(f"nodes={nodes} must be at least 1")
+            ports = list(range(base_port, base_port + nodes)) if base_port else free_ports(nodes, host)
+            names = [f"n{i + 1}" for i in range(nodes)]
+            self.config = ClusterConfig(nodes={name: (host, port) for name, port in zip(names, ports)}, n=n, r=r, w=w,
+                                        partitions=max(partitions, _pow2_at_least(nodes)), timeout=timeout,
+                                        gossip_interval=gossip_interval, down_after=down_after)
+        self.config.validate()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secret = ensure_secret(self.data_dir)
+        self.config.save(self.data_dir)
+
+    # --- contract properties ---------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(self.config.nodes, key=lambda name: int(name[1:]) if name[1:].isdigit() else name)
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        return {name: tuple(self.config.nodes[name]) for name in self.nodes}
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self._procs.items() if p.poll() is None}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "LocalCluster":
+        for name, (host, port) in self.config.nodes.items():
+            if not _port_free(host, port):
+                raise ClusterUnavailable(f"port {port} on {host} (node {name}) is in use: is a cluster already "
+                                         "running on this data dir, or pick another base port")
+        atexit.register(self.stop)
+        try:
+            for name in self.nodes:
+                self._spawn(name)
+            self.wait_until_converged(self.nodes)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End every node process this cluster started (SIGTERM, then SIGKILL), and close clients."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                _signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for name, proc in self._procs.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("node %s did not stop in %.0fs; killing it", name, STOP_GRACE)
+                _signal(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self._procs.clear()
+        atexit.unregister(self.stop)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a node's process (no chance to clean up: the crash case)."""
+        proc = self._proc(name)
+        _signal(proc, signal.SIGKILL)
+        proc.wait(timeout=10)
+        self._drop_admin(name)
+
+    def terminate(self, name: str) -> None:
+        """Stop a node cleanly (SIGTERM)."""
+        proc = self._proc(name)
+        _signal(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            _signal(proc, signal.SIGKILL)
+            proc.wait(timeout=5)
+        self._drop_admin(name)
+
+    def restart(self, name: str, wait: bool = True) -> None:
+        """Start a stopped (or killed) node again on the same data dir and port; it rejoins."""
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is None:
+            self.terminate(name)
+        self._spawn(name)
+        if wait:
+            self.wait_until_converged([n for n in self.nodes if self.is_running(n)])
+
+    def is_running(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the network: each node in a group reaches only its own group.
+
+        Nodes named in no group keep reaching everybody who reaches them (none of the
+        groups' members block them).
+        """
+        groups = [list(g) for g in groups]
+        named = [node for g in groups for node in g]
+        self._check(named)
+        blocked = {node: set() for node in self.nodes}
+        for group in groups:
+            others = [n for n in named if n not in group]
+            for node in group:
+                blocked[node].update(others)
+        self._apply_faults(blocked)
+
+    def isolate(self, name: str) -> None:
+        """Cut one node off from every other."""
+        self.partition([name], [n for n in self.nodes if n != name])
+
+    def heal(self) -> None:
+        """Remove every partition and every slowdown."""
+        self._delays = {}
+        self._apply_faults({node: set() for node in self.nodes})
+
+    def slow(self, name: str, delay_ms: float = 50) -> None:
+        """Delay every message to and from ``name`` by ``delay_ms`` (0 restores it)."""
+        self._check([name])
+        self._delays[name] = delay_ms
+        self._apply_faults(self._blocked)
+
+    def _apply_faults(self, blocked: dict[str, set[str]]) -> None:
+        self._blocked = blocked
+        for node in self.nodes:
+            if self.is_running(node):
+                self._admin().set_faults(node, sorted(blocked.get(node, ())), self._delays.get(node, 0.0))
+
+    # --- observation -----------------------------------------------------------------------
+
+    def client(self, nodes: Iterable[str] | None = None, timeout: float | None = None) -> Client:
+        if nodes is not None:
+            self._check(list(nodes))
+        return Client(self.addresses, self.secret, nodes=nodes, timeout=timeout)
+
+    def inspect(self, name: str, key: str) -> LocalObject | None:
+        """That node's own stored object for ``key`` (no quorum); None when it holds none."""
+        self._check([name])
+        return self._admin().inspect(name, key)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Every node's status; a node that does not answer shows ``{"up": False}``."""
+        everyone = self._admin().status_all()
+        return {node: everyone[node] for node in self.nodes}
+
+    def wait_until_converged(self, nodes: Iterable[str], timeout: float | None = None) -> None:
+        """Wait until each of ``nodes`` answers and sees every other of them up."""
+        wanted = list(nodes)
+        deadline = time.monotonic() + (timeout or self.start_timeout)
+        last: Any = None
+        while time.monotonic() < deadline:
+            for name in wanted:
+                proc = self._procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise ClusterUnavailable(f"node {name} exited with code {proc.returncode}; see "
+                                             f"{self.data_dir / name / 'node.log'}")
+            try:
+                views = {name: self._admin().status(name, timeout=1.0)["members"] for name in wanted}
+                if all(views[a].get(b) == "up" for a in wanted for b in wanted):
+                    return
+                last = views
+            except LeaderlessError as exc:
+                self._drop_admin()
+                last = exc
+            time.sleep(0.05)
+        raise ClusterUnavailable(f"nodes {', '.join(wanted)} did not all see each other within the timeout: {last}")
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _spawn(self, name: str) -> None:
+        node_dir = self.data_dir / name
+        node_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        with open(node_dir / "node.log", "ab") as logfile:
+            self._procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "actors.node", "--data-dir", str(self.data_dir), "--name", name],
+                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True)
+
+    def _proc(self, name: str) -> subprocess.Popen[bytes]:
+        self._check([name])
+        proc = self._procs.get(name)
+        if proc is None:
+            raise InvalidRequest(f"node {name} was never started by this cluster")
+        return proc
+
+    def _check(self, names: list[str]) -> None:
+        unknown = [n for n in names if n not in self.config.nodes]
+        if unknown:
+            raise InvalidRequest(f"unknown nodes {', '.join(unknown)}; the cluster has {', '.join(self.nodes)}")
+
+    def _admin(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.addresses, self.secret)
+        return self._client
+
+    def _drop_admin(self, name: str | None = None) -> None:
+        """Forget connections (to ``name`` or all) so the next call reconnects."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _pow2_at_least(value: int) -> int:
+    power = 8
+    while power < value:
+        power *= 2
+    return power

@@ -1,0 +1,89 @@
+"""A cluster's data directory: its configuration file and its secret.
+
+    DATA_DIR/
+      cluster.json     nodes and their addresses, n/r/w, timings (written by LocalCluster)
+      secret           the cluster secret, 32 random bytes hex, mode 0600
+      n1/store/        n1's LMDB environment
+      n1/node.log      n1's log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ClusterUnavailable, InvalidRequest
+
+CONFIG_FILE = "cluster.json"
+SECRET_FILE = "secret"
+
+
+@dataclass
+class ClusterConfig:
+    """Everything a node or a client needs to know about the cluster."""
+    nodes: dict[str, tuple[str, int]]
+    n: int = 3
+    r: int | str = 2
+    w: int | str = 2
+    partitions: int = 64
+    timeout: float = 3.0
+    gossip_interval: float = 0.5
+    down_after: float = 2.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.nodes:
+            raise InvalidRequest("a cluster needs at least one node")
+        if not 1 <= self.n:
+            raise InvalidRequest(f"n={self.n} must be at least 1")
+        if self.n > len(self.nodes):
+            raise InvalidRequest(f"n={self.n} is larger than the {len(self.nodes)} nodes of the cluster")
+        from .quorum import resolve
+        resolve("r", self.r, self.r, self.n)
+        resolve("w", self.w, self.w, self.n)
+
+    def save(self, data_dir: str | os.PathLike[str]) -> None:
+        path = Path(data_dir) / CONFIG_FILE
+        tmp = path.with_suffix(".tmp")
+        body = asdict(self)
+        body["nodes"] = {name: list(addr) for name, addr in self.nodes.items()}
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike[str]) -> "ClusterConfig":
+        path = Path(data_dir) / CONFIG_FILE
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ClusterUnavailable(f"no cluster in {data_dir} (missing {CONFIG_FILE}); start one with "
+                                     "`leaderless cluster up`") from exc
+        except (OSError, ValueError) as exc:
+            raise ClusterUnavailable(f"cannot read {path}: {exc}") from exc
+        body["nodes"] = {name: (host, int(port)) for name, (host, port) in body["nodes"].items()}
+        return cls(**body)
+
+
+def ensure_secret(data_dir: str | os.PathLike[str]) -> bytes:
+    """The cluster secret, generated (0600) on first use."""
+    path = Path(data_dir) / SECRET_FILE
+    if not path.exists():
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return load_secret(data_dir)
+
+
+def load_secret(data_dir: str | os.PathLike[str]) -> bytes:
+    path = Path(data_dir) / SECRET_FILE
+    try:
+        return path.read_text().strip().encode()
+    except FileNotFoundError as exc:
+        raise ClusterUnavailable(f"no cluster secret in {data_dir} (missing {SECRET_FILE})") from exc
+    except OSError as exc:
+        raise ClusterUnavailable(f"cannot read the cluster secret {path}: {exc}") from exc

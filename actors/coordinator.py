@@ -1,0 +1,328 @@
+"""CoordinatorActor: quorum put/get state machines, held in a table, never blocking.
+
+Every client request becomes a small state machine object keyed by an internal
+request id. Replica replies arrive as messages and are routed to their machine;
+deadlines are checked on every ``Tick`` from the node's ticker. Nothing here waits on
+a future.
+
+Put:  prepare -> waiting_built (the coordinating replica folds the value into a new
+      dot) -> waiting_acks (the built object goes to the other N-1 replicas; answer at
+      W durable acks) -> answered (late acks counted, not waited for).
+Get:  waiting_answers (all N asked; answer at R, merged) -> waiting_read_repair (the
+      rest of the replies, then the replicas that were behind get the merged object).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from storage import versions
+from storage.store import MAX_KEY_BYTES as STORE_MAX_KEY_BYTES
+from storage.versions import DVVSet
+
+from .errors import InvalidRequest, LeaderlessError, QuorumFailed
+from .membership import Membership
+from .messages import (Ack, Batch, Built, ClientGet, ClientPut, CoordinatePut, GetResult, Reply,
+                       ReplicaGet, ReplicaGetReply, ReplicaPut, Tick, Unreachable)
+from .quorum import ReadTally, WriteTally, resolve
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, Any], None]
+MAX_KEY_BYTES = STORE_MAX_KEY_BYTES
+MAX_VALUE_BYTES = 16 << 20
+
+
+@dataclass
+class Settings:
+    """Cluster-wide request defaults (per-bucket settings come later)."""
+    n: int = 3
+    r: int | str = 2
+    w: int | str = 2
+    timeout: float = 3.0
+
+
+@dataclass
+class PutRequest:
+    client_req_id: int
+    reply_to: Any
+    key: str
+    targets: list[tuple[str, str | None]]
+    tally: WriteTally
+    deadline: float
+    coordinating: str
+    built_deadline: float
+    value: bytes | None
+    context: tuple
+    state: str = "waiting_built"
+    obj: DVVSet | None = None
+    op: str = "put"
+    tried: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GetRequest:
+    client_req_id: int
+    reply_to: Any
+    key: str
+    targets: list[tuple[str, str | None]]
+    tally: ReadTally
+    deadline: float
+    state: str = "waiting_answers"
+    hints: dict[str, str | None] = field(default_factory=dict)
+
+
+def validate_key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise InvalidRequest(f"key must be a non-empty string, got {key!r:.60}")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidRequest(f"key is longer than {MAX_KEY_BYTES} bytes")
+    if "\x00" in key:
+        raise InvalidRequest("key must not contain NUL characters")
+    return key
+
+
+def validate_value(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidRequest(f"value must be bytes, got {type(value).__name__}")
+    if len(value) > MAX_VALUE_BYTES:
+        raise InvalidRequest(f"value is larger than {MAX_VALUE_BYTES} bytes")
+    return bytes(value)
+
+
+def validate_context(context: Any) -> tuple[tuple[str, int], ...]:
+    if context is None:
+        return ()
+    try:
+        pairs = tuple((str(a), int(c)) for a, c in context)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("context must be the context a read or write returned") from exc
+    return tuple(sorted(pairs))
+
+
+class CoordinatorActor(pykka.ThreadingActor):
+    """Runs every quorum request this node coordinates."""
+
+    def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.name = name
+        self.membership = membership
+        self.send = send
+        self.settings = settings
+        self.stats = stats
+        self.clock = clock
+        self.requests: dict[int, PutRequest | GetRequest] = {}
+        self._ids = itertools.count(1)
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Batch):
+            for item in message.messages:
+                self._handle(item)
+        else:
+            self._handle(message)
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, (Ack, Built, ReplicaGetReply, Unreachable)):
+            request = self.requests.get(message.req_id)
+            if request is None:
+                return                                   # late reply of a finished request
+            if isinstance(message, Unreachable):
+                self._on_unreachable(message.req_id, request, message.node)
+            elif isinstance(message, Ack):
+                self._on_ack(message.req_id, request, message)     # type: ignore[arg-type]
+            elif isinstance(message, Built):
+                self._on_built(message.req_id, request, message)   # type: ignore[arg-type]
+            else:
+                self._on_answer(message.req_id, request, message)  # type: ignore[arg-type]
+        elif isinstance(message, ClientPut):
+            self._start_put(message)
+        elif isinstance(message, ClientGet):
+            self._start_get(message)
+        elif isinstance(message, Tick):
+            self._expire(message.now)
+        else:
+            log.warning("coordinator %s ignored unexpected %s", self.name, type(message).__name__)
+
+    # --- put ---------------------------------------------------------------------------
+
+    def _start_put(self, message: ClientPut) -> None:
+        op = "delete" if message.value is None else "put"
+        try:
+            key = validate_key(message.key)
+            value = validate_value(message.value)
+            context = validate_context(message.context)
+            w = resolve("w", message.w, self.settings.w, self.settings.n)
+        except InvalidRequest as exc:
+            self._reply(message.reply_to, message.req_id, False, exc, f"{op}.invalid")
+            return
+        targets = self.membership.preference_list(key, self.settings.n)
+        tally = WriteTally(needed=w, targets=tuple(node for node, _ in targets))
+        if tally.hopeless:
+            self._reply(message.reply_to, message.req_id, False,
+                        QuorumFailed(needed=w, got=0, replicas=[], op=op), f"{op}.quorum_failed")
+            return
+        nodes = [node for node, _ in targets]
+        coordinating = self.name if self.name in nodes else nodes[0]
+        req_id = next(self._ids)
+        timeout = message.timeout or self.settings.timeout
+        now = self.clock()
+        request = PutRequest(message.req_id, message.reply_to, key, targets, tally, now + timeout, coordinating,
+                             now, value, context, op=op)
+        self.requests[req_id] = request
+        self._coordinate(req_id, request, coordinating, now)
+
+    def _coordinate(self, req_id: int, request: PutRequest, node: str, now: float) -> None:
+        """Ask ``node`` to build the new version; if it does not answer soon, the next target is asked."""
+        request.coordinating = node
+        request.tried.append(node)
+        request.built_deadline = now + min(request.deadline - now, self.settings.timeout) / 3
+        hint = dict(request.targets)[node]
+        self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint))
+
+    def _reroute(self, req_id: int, request: PutRequest, now: float) -> None:
+        """The coordinating replica failed or is slow: count it failed and move to the next target."""
+        request.tally.add_failure(request.coordinating)
+        self.stats.incr("put.rerouted")
+        untried = [node for node, _ in request.targets if node not in request.tried]
+        if not untried or request.tally.hopeless:
+            self._fail_put(request)
+            del self.requests[req_id]
+            return
+        self._coordinate(req_id, request, untried[0], now)
+
+    def _on_unreachable(self, req_id: int, request: PutRequest | GetRequest, node: str) -> None:
+        if isinstance(request, PutRequest) and request.state == "waiting_built":
+            if node == request.coordinating:
+                self._reroute(req_id, request, self.clock())
+            return
+        if isinstance(request, PutRequest):
+            self._on_ack(req_id, request, Ack(req_id, node, False))
+            return
+        request.tally.add_failure(node)
+        if request.state == "waiting_answers" and request.tally.hopeless:
+            del self.requests[req_id]
+            self._fail_get(request)
+        elif request.tally.final:
+            self._read_repair(req_id, request)
+            del self.requests[req_id]
+
+    def _on_built(self, req_id: int, request: PutRequest, message: Built) -> None:
+        if request.state != "waiting_built" or message.node != request.coordinating:
+            return
+        request.obj = message.obj
+        request.state = "waiting_acks"
+        for node, hint in request.targets:
+            if node != request.coordinating:
+                self.send(node, ReplicaPut(req_id, self.name, request.key, message.obj, hint))
+
+    def _on_ack(self, req_id: int, request: PutRequest, message: Ack) -> None:
+        if message.ok:
+            request.tally.add_ack(message.node)
+        else:
+            request.tally.add_failure(message.node, message.error)
+        if request.state == "answered":
+            self.stats.incr("put.late_acks")
+        elif request.tally.enough and request.obj is not None:
+            request.state = "answered"
+            self._reply(request.reply_to, request.client_req_id, True, versions.join(request.obj), f"{request.op}.ok")
+        elif request.tally.hopeless:
+            self._fail_put(request)
+            del self.requests[req_id]
+            return
+        if request.tally.final:
+            del self.requests[req_id]
+
+    def _fail_put(self, request: PutRequest) -> None:
+        request.state = "answered"
+        tally = request.tally
+        errors = [e for e in tally.errors if isinstance(e, LeaderlessError)]
+        error: LeaderlessError = errors[0] if errors and not tally.acked else QuorumFailed(
+            needed=tally.needed, got=len(tally.acked), replicas=tally.acked, op=request.op)
+        self._reply(request.reply_to, request.client_req_id, False, error, f"{request.op}.quorum_failed")
+
+    # --- get ---------------------------------------------------------------------------
+
+    def _start_get(self, message: ClientGet) -> None:
+        try:
+            key = validate_key(message.key)
+            r = resolve("r", message.r, self.settings.r, self.settings.n)
+        except InvalidRequest as exc:
+            self._reply(message.reply_to, message.req_id, False, exc, "get.invalid")
+            return
+        targets = self.membership.preference_list(key, self.settings.n)
+        tally = ReadTally(needed=r, targets=tuple(node for node, _ in targets))
+        if tally.hopeless:
+            self._reply(message.reply_to, message.req_id, False,
+                        QuorumFailed(needed=r, got=0, replicas=[], op="get"), "get.quorum_failed")
+            return
+        req_id = next(self._ids)
+        timeout = message.timeout or self.settings.timeout
+        self.requests[req_id] = GetRequest(message.req_id, message.reply_to, key, targets, tally,
+                                           self.clock() + timeout, hints=dict(targets))
+        for node, _ in targets:
+            self.send(node, ReplicaGet(req_id, self.name, key))
+
+    def _on_answer(self, req_id: int, request: GetRequest, message: ReplicaGetReply) -> None:
+        request.tally.add_answer(message.node, message.obj)
+        if request.state == "waiting_answers" and request.tally.enough:
+            request.state = "waiting_read_repair"
+            merged = request.tally.merged()
+            live = [v for v in versions.values(merged) if v is not None]
+            self.stats.incr("get.siblings", len(live))
+            self._reply(request.reply_to, request.client_req_id, True,
+                        GetResult(live, versions.join(merged)), "get.ok")
+        if request.tally.final:
+            self._read_repair(req_id, request)
+            del self.requests[req_id]
+
+    def _read_repair(self, req_id: int, request: GetRequest) -> None:
+        behind = request.tally.behind()
+        if not behind:
+            return
+        merged = request.tally.merged()
+        for node in behind:
+            self.send(node, ReplicaPut(req_id, self.name, request.key, merged, request.hints.get(node), want_ack=False))
+        self.stats.incr("read_repairs", len(behind))
+
+    # --- time --------------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        expired = [(req_id, req) for req_id, req in self.requests.items() if req.deadline <= now]
+        for req_id, request in expired:
+            del self.requests[req_id]
+            if isinstance(request, PutRequest):
+                if request.state != "answered":
+                    self._fail_put(request)
+            elif request.state == "waiting_answers":
+                self._fail_get(request)
+            else:
+                self._read_repair(req_id, request)
+        slow = [(req_id, req) for req_id, req in self.requests.items()
+                if isinstance(req, PutRequest) and req.state == "waiting_built" and req.built_deadline <= now]
+        for req_id, request in slow:
+            self._reroute(req_id, request, now)
+
+    def _fail_get(self, request: GetRequest) -> None:
+        tally = request.tally
+        self._reply(request.reply_to, request.client_req_id, False,
+                    QuorumFailed(needed=tally.needed, got=len(tally.answers), replicas=sorted(tally.answers),
+                                 op="get"), "get.quorum_failed")
+
+    def _reply(self, reply_to: Any, client_req_id: int, ok: bool, result: Any, outcome: str) -> None:
+        self.stats.incr(outcome)
+        if reply_to is not None:
+            reply_to.send(Reply(client_req_id, ok, result))
+
+
+__all__ = ["CoordinatorActor", "Settings"]

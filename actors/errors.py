@@ -1,0 +1,88 @@
+"""The exceptions a leaderless user can see, as one tree.
+
+    LeaderlessError
+    ├── InvalidRequest            bad key, value or option (sent back by a node, or caught client-side)
+    │   └── QuorumValueError      an r/w that cannot be met against n (``w > n``, ``r < 1``, unknown name)
+    ├── QuorumFailed              fewer than the needed replicas answered before the deadline
+    ├── RequestTimeout            no answer at all from the node in time
+    ├── StorageFull               a replica refused a write because its disk (LMDB map) is full
+    └── ConnectionError_          anything that went wrong talking to a node
+        ├── AuthenticationFailed  the node refused our cluster secret (or we refused the node's)
+        ├── ProtocolError         garbage, an oversized frame or an unknown message type
+        └── ClusterUnavailable    no node of the cluster could be reached, or no cluster in a data dir
+
+Low-level errors (``OSError``, ``pickle.UnpicklingError``...) are translated at the boundary
+with ``raise ... from exc``. Every exception pickles, so a node can send it to a client.
+"""
+
+from __future__ import annotations
+
+
+class LeaderlessError(Exception):
+    """Base of every error raised by leaderless."""
+
+
+class InvalidRequest(LeaderlessError):
+    """The request itself is wrong: fix it, retrying will not help."""
+
+
+class QuorumValueError(InvalidRequest):
+    """An ``r`` or ``w`` that cannot be resolved against ``n``."""
+
+
+class QuorumFailed(LeaderlessError):
+    """Fewer than ``needed`` replicas acknowledged before the deadline.
+
+    ``got`` is how many did, ``replicas`` names them. A failed write may still have
+    reached some replicas: its outcome is indeterminate, not "not written".
+    """
+
+    def __init__(self, needed: int, got: int, replicas: list[str] | tuple[str, ...] = (), op: str = "") -> None:
+        self.needed = needed
+        self.got = got
+        self.replicas = list(replicas)
+        self.op = op
+        super().__init__(needed, got, self.replicas, op)
+
+    def __str__(self) -> str:
+        what = f"{self.op}: " if self.op else ""
+        return (f"{what}quorum failed: needed {self.needed}, got {self.got}"
+                f" (answered: {', '.join(self.replicas) or 'none'})")
+
+
+class RequestTimeout(LeaderlessError):
+    """The node did not answer in time (the request may or may not have been applied)."""
+
+
+class StorageFull(LeaderlessError):
+    """A replica's store is full; nothing of the refused write was stored there."""
+
+
+class ConnectionError_(LeaderlessError):
+    """Talking to a node failed."""
+
+
+class AuthenticationFailed(ConnectionError_):
+    """The cluster secret was refused (by the node, or the node failed to prove it)."""
+
+
+class ProtocolError(ConnectionError_):
+    """The peer sent bytes that are not a valid leaderless frame."""
+
+
+class ClusterUnavailable(ConnectionError_):
+    """No node could be reached, or the data dir holds no cluster."""
+
+
+__all__ = [
+    "AuthenticationFailed",
+    "ClusterUnavailable",
+    "ConnectionError_",
+    "InvalidRequest",
+    "LeaderlessError",
+    "ProtocolError",
+    "QuorumFailed",
+    "QuorumValueError",
+    "RequestTimeout",
+    "StorageFull",
+]

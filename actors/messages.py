@@ -1,0 +1,184 @@
+"""Every message leaderless sends, as frozen typed values, in one place.
+
+A message that crosses a socket is pickled; the receiver admits only the classes
+listed in ``WIRE_TYPES`` (plus builtins), so nothing else can be unpickled. Every
+request carries a ``req_id`` unique at its sender; every replica reply names the
+replica that sent it (``node``). Fields named ``reply_to`` are never trusted from the
+wire: the receiving transport overwrites them with the connection the request came in on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from storage.versions import DVVSet
+
+from . import errors
+
+Context = tuple  # storage.versions.Context: a sorted tuple of (actor, counter)
+
+
+# --- client -> node -----------------------------------------------------------------
+
+class ClientPut(NamedTuple):
+    """Write ``value`` (``None`` deletes: a tombstone) to ``key`` after ``context``."""
+    req_id: int
+    key: str
+    value: bytes | None
+    context: Context = ()
+    w: int | str | None = None
+    timeout: float | None = None
+    reply_to: Any = None
+
+
+class ClientGet(NamedTuple):
+    """Read ``key`` from ``r`` replicas, merged."""
+    req_id: int
+    key: str
+    r: int | str | None = None
+    timeout: float | None = None
+    reply_to: Any = None
+
+
+class StatusRequest(NamedTuple):
+    """Ask a node for its counters and membership view."""
+    req_id: int
+    reply_to: Any = None
+
+
+class InspectRequest(NamedTuple):
+    """Ask a node for its own stored object for ``key`` (no quorum)."""
+    req_id: int
+    key: str
+    reply_to: Any = None
+
+
+class SetFaults(NamedTuple):
+    """Fault injection on the receiving node's transport.
+
+    ``blocked``: peers whose messages are dropped both ways (a partition);
+    ``delay_ms``: every peer message to or from this node is delayed that long.
+    """
+    req_id: int
+    blocked: tuple[str, ...] = ()
+    delay_ms: float = 0.0
+    reply_to: Any = None
+
+
+class Reply(NamedTuple):
+    """A node's answer to a client request: ``result`` or, when not ``ok``, an exception."""
+    req_id: int
+    ok: bool
+    result: Any
+
+
+class GetResult(NamedTuple):
+    """What a read returns: every live sibling value and one causal context covering them."""
+    values: list[bytes]
+    context: Context
+
+
+class LocalObject(NamedTuple):
+    """One node's own copy of a key, as ``cluster.inspect`` returns it."""
+    values: list[bytes]          # live sibling values
+    tombstone: bool              # True when every sibling is a delete
+    version: dict[str, int]      # the object's version vector
+    siblings: int                # all sibling values, tombstones included
+
+
+# --- node <-> node --------------------------------------------------------------------
+
+class Hello(NamedTuple):
+    """First frame after authentication: who is connecting (``kind`` is "peer" or "client")."""
+    kind: str
+    name: str = ""
+
+
+class CoordinatePut(NamedTuple):
+    """To the replica that coordinates the version: fold ``value`` after ``context`` into a new dot."""
+    req_id: int
+    coordinator: str
+    key: str
+    value: bytes | None
+    context: Context
+    hint_for: str | None = None
+
+
+class Built(NamedTuple):
+    """The coordinating replica built the new object (sent before its own commit finishes)."""
+    req_id: int
+    node: str
+    obj: DVVSet
+
+
+class ReplicaPut(NamedTuple):
+    """Merge (sync) ``obj`` into the replica's copy of ``key``; ack after it is durable."""
+    req_id: int
+    coordinator: str
+    key: str
+    obj: DVVSet
+    hint_for: str | None = None
+    want_ack: bool = True
+
+
+class Ack(NamedTuple):
+    """A replica's answer to a write: durable (``ok``) or refused with ``error``."""
+    req_id: int
+    node: str
+    ok: bool
+    error: Any = None
+
+
+class ReplicaGet(NamedTuple):
+    """Ask a replica for its stored object."""
+    req_id: int
+    coordinator: str
+    key: str
+
+
+class ReplicaGetReply(NamedTuple):
+    """A replica's stored object (``None`` when absent)."""
+    req_id: int
+    node: str
+    obj: DVVSet | None
+
+
+class Heartbeat(NamedTuple):
+    """Gossip: the sender is alive; ``members`` is its view {node: state}."""
+    src: str
+    incarnation: int
+    members: dict[str, str]
+
+
+# --- inside one node ------------------------------------------------------------------
+
+class Batch(NamedTuple):
+    """Several messages for one actor handed over as one (a receiver's batch)."""
+    messages: list[Any]
+
+
+class Tick(NamedTuple):
+    """Time passes: check deadlines and timers."""
+    now: float
+
+
+class Unreachable(NamedTuple):
+    """The transport could not hand request ``req_id`` to ``node`` (refused or reset): no answer will come."""
+    req_id: int
+    node: str
+
+
+class Flush(NamedTuple):
+    """Replica: commit everything pending in one transaction."""
+
+
+WIRE_TYPES: dict[tuple[str, str], type] = {
+    (cls.__module__, cls.__name__): cls
+    for cls in (
+        ClientPut, ClientGet, StatusRequest, InspectRequest, SetFaults, Reply, GetResult,
+        LocalObject, Hello, CoordinatePut, Built, ReplicaPut, Ack, ReplicaGet, ReplicaGetReply,
+        Heartbeat, DVVSet,
+        errors.InvalidRequest, errors.QuorumValueError, errors.QuorumFailed,
+        errors.RequestTimeout, errors.StorageFull, errors.LeaderlessError,
+    )
+}

@@ -1,0 +1,421 @@
+"""Messages between nodes and from clients, over authenticated TCP.
+
+One ``Transport`` per node. It listens for connections (peers and clients), keeps one
+outgoing ``PeerLink`` per peer, and hands every batch of decoded messages to a single
+``deliver(messages, connection)`` callback. Sending never blocks the caller: a message
+is encoded and queued, and each connection's writer thread drains its whole queue into
+one ``sendall`` (batching on the wire). A receiver decodes everything one ``recv`` brought
+and delivers it as one batch.
+
+Fault hooks (used by ``LocalCluster`` and the chaos tools): ``block`` drops every message
+to and from some peers (a partition), ``delay`` holds every peer message to or from this
+node for a while (a slow node). Faults never touch client connections.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from .errors import AuthenticationFailed, ProtocolError
+from .messages import Hello
+from .wire import FrameReader, client_handshake, encode, server_handshake
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[list[Any], "Connection | None"], None]
+
+RECV_SIZE = 1 << 18
+MAX_SEND = 4 << 20
+CONNECT_TIMEOUT = 1.0
+RECONNECT_BACKOFF = 0.2
+_STOP = object()
+
+
+def _drain(q: "queue.SimpleQueue[Any]", first: Any, size: Callable[[Any], int] = len) -> tuple[list[Any], bool]:
+    """Everything queued behind ``first``, up to MAX_SEND bytes; True if a stop was seen."""
+    items = [first]
+    total = size(first)
+    while total < MAX_SEND:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            break
+        if item is _STOP:
+            return items, True
+        items.append(item)
+        total += size(item)
+    return items, False
+
+
+def _data_size(item: tuple[bytes, Any]) -> int:
+    return len(item[0])
+
+
+class Connection:
+    """One accepted, authenticated connection: a reader thread and a writer thread."""
+
+    def __init__(self, sock: socket.socket, kind: str, name: str, on_frames: Callable[["Connection", list[Any]], None],
+                 on_close: Callable[["Connection"], None]) -> None:
+        self.sock = sock
+        self.kind = kind
+        self.name = name
+        self._on_frames = on_frames
+        self._on_close = on_close
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._writer = threading.Thread(target=self._write_loop, name=f"conn-w-{name}", daemon=True)
+
+    def start(self, reader: FrameReader, pending: list[Any]) -> None:
+        self._writer.start()
+        if pending:
+            self._on_frames(self, pending)
+        self._read_loop(reader)
+
+    def send(self, message: Any) -> None:
+        if not self._closed.is_set():
+            self._queue.put(encode(message))
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._queue.put(_STOP)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._on_close(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def _read_loop(self, reader: FrameReader) -> None:
+        try:
+            while not self._closed.is_set():
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    break
+                messages = reader.feed(data)
+                if messages:
+                    self._on_frames(self, messages)
+        except ProtocolError as exc:
+            log.warning("closing %s connection %s: %s", self.kind, self.name, exc)
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            items, stop = _drain(self._queue, item)
+            try:
+                self.sock.sendall(b"".join(items))
+            except OSError:
+                self.close()
+                return
+            if stop:
+                return
+
+
+class PeerLink:
+    """The outgoing side to one peer: connects lazily, reconnects after failures, drops on error.
+
+    Dropping is the right call for a Dynamo-style store: a lost message is a replica that
+    did not answer, and the coordinator's deadline, hints and repair handle that. When a
+    message could not even be handed to the peer's socket (connection refused, reset),
+    ``on_drop(peer, messages)`` says so at once, so a coordinator need not wait for its
+    deadline to learn that a dead node will not answer.
+    """
+
+    def __init__(self, me: str, peer: str, address: tuple[str, int], secret: bytes,
+                 on_drop: Callable[[str, list[Any]], None] | None = None) -> None:
+        self.me = me
+        self._on_drop = on_drop
+        self.peer = peer
+        self.address = address
+        self._secret = secret
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._sock: socket.socket | None = None
+        self._retry_at = 0.0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._loop, name=f"link-{me}-{peer}", daemon=True)
+        self._thread.start()
+
+    def send(self, data: bytes, message: Any = None) -> None:
+        self._queue.put((data, message))
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=2)
+
+    def _connect(self) -> socket.socket | None:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return None
+        try:
+            sock = socket.create_connection(self.address, timeout=CONNECT_TIMEOUT)
+        except OSError:
+            self._retry_at = now + RECONNECT_BACKOFF
+            return None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client_handshake(sock, self._secret)
+            sock.sendall(encode(Hello("peer", self.me)))
+        except (OSError, AuthenticationFailed, ProtocolError) as exc:
+            log.warning("cannot link %s -> %s at %s:%s: %s", self.me, self.peer, *self.address, exc)
+            sock.close()
+            self._retry_at = now + RECONNECT_BACKOFF
+            return None
+        return sock
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            items, stop = _drain(self._queue, item, _data_size)
+            if self._sock is None:
+                self._sock = self._connect()
+            sent = False
+            if self._sock is not None:
+                try:
+                    self._sock.sendall(b"".join(data for data, _ in items))
+                    sent = True
+                except OSError:
+                    self._sock.close()
+                    self._sock = None
+            if not sent:
+                self.dropped += len(items)
+                if self._on_drop is not None:
+                    self._on_drop(self.peer, [message for _, message in items])
+            if stop:
+                break
+        if self._sock is not None:
+            self._sock.close()
+
+
+class DelayLine:
+    """Runs callbacks at a later time, in order (used to slow a node down)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="delay-line", daemon=True)
+        self._thread.start()
+
+    def call_at(self, due: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (due, next(self._seq), fn))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if not self._running:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:  # a failing callback must not stop the line
+                log.exception("delayed callback failed")
+
+
+class Transport:
+    """A node's network endpoint: listener, peer links, client connections and fault hooks."""
+
+    def __init__(self, name: str, secret: bytes, peers: dict[str, tuple[str, int]], deliver: Deliver,
+                 on_drop: Callable[[str, list[Any]], None] | None = None) -> None:
+        self.name = name
+        self._on_drop = on_drop
+        self._secret = secret
+        self._deliver = deliver
+        self._links: dict[str, PeerLink] = {}
+        self._peers = dict(peers)
+        self._peers.pop(name, None)
+        self._connections: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._blocked: frozenset[str] = frozenset()
+        self._delay = 0.0
+        self._delay_line: DelayLine | None = None
+        self.address: tuple[str, int] | None = None
+        self.refused = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def listen(self, host: str, port: int) -> tuple[str, int]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        self._listener = sock
+        self.address = sock.getsockname()[:2]
+        threading.Thread(target=self._accept_loop, name=f"accept-{self.name}", daemon=True).start()
+        return self.address
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+        with self._lock:
+            links = list(self._links.values())
+            conns = list(self._connections)
+            self._links.clear()
+        for link in links:
+            link.stop()
+        for conn in conns:
+            conn.close()
+        if self._delay_line is not None:
+            self._delay_line.stop()
+
+    # --- faults ------------------------------------------------------------------------
+
+    def block(self, peers: Collection[str]) -> None:
+        self._blocked = frozenset(peers)
+
+    def delay(self, seconds: float) -> None:
+        if seconds > 0 and self._delay_line is None:
+            self._delay_line = DelayLine()
+        self._delay = max(0.0, seconds)
+
+    @property
+    def blocked(self) -> frozenset[str]:
+        return self._blocked
+
+    # --- sending -----------------------------------------------------------------------
+
+    def peers(self) -> list[str]:
+        return sorted(self._peers)
+
+    def add_peer(self, name: str, address: tuple[str, int]) -> None:
+        if name != self.name:
+            with self._lock:
+                self._peers[name] = address
+
+    def send(self, dest: str, message: Any) -> None:
+        """Send to a peer (or to this node itself, delivered locally). Never blocks."""
+        if dest == self.name:
+            self._deliver([message], None)
+            return
+        if dest in self._blocked:
+            return
+        data = encode(message)
+        if self._delay:
+            assert self._delay_line is not None
+            self._delay_line.call_at(time.monotonic() + self._delay, lambda: self._send_now(dest, data, message))
+        else:
+            self._send_now(dest, data, message)
+
+    def _send_now(self, dest: str, data: bytes, message: Any) -> None:
+        link = self._link(dest)
+        if link is not None:
+            link.send(data, message)
+
+    def send_many(self, dests: Iterable[str], message: Any) -> None:
+        for dest in dests:
+            self.send(dest, message)
+
+    def _link(self, dest: str) -> PeerLink | None:
+        link = self._links.get(dest)
+        if link is None:
+            address = self._peers.get(dest)
+            if address is None:
+                log.debug("no address for %s; message dropped", dest)
+                return None
+            with self._lock:
+                link = self._links.get(dest)
+                if link is None:
+                    link = self._links[dest] = PeerLink(self.name, dest, address, self._secret, self._on_drop)
+        return link
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), name=f"conn-r-{self.name}", daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            peer = "%s:%s" % sock.getpeername()[:2]
+        except OSError:
+            sock.close()
+            return
+        reader = FrameReader()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            server_handshake(sock, self._secret)
+            hello, pending = self._read_hello(sock, reader)
+        except (AuthenticationFailed, ProtocolError) as exc:
+            self.refused += 1
+            log.warning("refused connection from %s: %s", peer, exc)
+            sock.close()
+            return
+        except (OSError, ConnectionResetError) as exc:
+            log.info("connection from %s dropped during handshake: %s", peer, exc)
+            sock.close()
+            return
+        conn = Connection(sock, hello.kind, hello.name or peer, self._on_frames, self._on_close)
+        with self._lock:
+            self._connections.add(conn)
+        conn.start(reader, pending)
+
+    def _read_hello(self, sock: socket.socket, reader: FrameReader) -> tuple[Hello, list[Any]]:
+        sock.settimeout(5.0)
+        messages: list[Any] = []
+        while not messages:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise ConnectionResetError("closed before hello")
+            messages = reader.feed(data)
+        sock.settimeout(None)
+        hello = messages[0]
+        if not isinstance(hello, Hello) or hello.kind not in ("peer", "client"):
+            raise ProtocolError(f"expected a hello, got {type(hello).__name__}")
+        return hello, messages[1:]
+
+    def _on_frames(self, conn: Connection, messages: list[Any]) -> None:
+        if conn.kind == "peer":
+            if conn.name in self._blocked:
+                return
+            if self._delay:
+                assert self._delay_line is not None
+                self._delay_line.call_at(time.monotonic() + self._delay, lambda: self._deliver(messages, None))
+                return
+            self._deliver(messages, None)
+        else:
+            self._deliver(messages, conn)
+
+    def _on_close(self, conn: Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)

@@ -1,0 +1,138 @@
+"""Bytes on a socket: the authentication handshake, framing and safe decoding.
+
+Handshake (mutual HMAC-SHA256 challenge-response over the cluster secret), before a
+single byte is unpickled:
+
+    server -> client   MAGIC(4) + server_nonce(32)
+    client -> server   client_nonce(32) + HMAC(secret, b"c" + server_nonce + client_nonce)
+    server -> client   b"\\x01" + HMAC(secret, b"s" + client_nonce + server_nonce)   (accepted)
+                       b"\\x00" and close                                           (refused)
+
+Then frames: a 4-byte big-endian length and a pickle (protocol 5) of one message.
+Decoding admits only ``messages.WIRE_TYPES`` and builtins. Frames longer than
+``MAX_FRAME`` are refused before they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pickle
+import socket
+import struct
+from typing import Any
+
+from storage.codec import safe_loads
+
+from .errors import AuthenticationFailed, ProtocolError
+from .messages import WIRE_TYPES
+
+MAGIC = b"LDL1"
+NONCE = 32
+MAC = 32
+MAX_FRAME = 64 << 20
+HEADER = struct.Struct(">I")
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def _mac(secret: bytes, *parts: bytes) -> bytes:
+    return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise ConnectionResetError("connection closed by peer")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def server_handshake(sock: socket.socket, secret: bytes) -> None:
+    """Authenticate an accepted connection; raises AuthenticationFailed (after telling the peer)."""
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    server_nonce = os.urandom(NONCE)
+    sock.sendall(MAGIC + server_nonce)
+    answer = recv_exactly(sock, NONCE + MAC)
+    client_nonce, proof = answer[:NONCE], answer[NONCE:]
+    if not hmac.compare_digest(proof, _mac(secret, b"c", server_nonce, client_nonce)):
+        try:
+            sock.sendall(b"\x00")
+        except OSError:
+            pass
+        raise AuthenticationFailed("client proof does not match the cluster secret")
+    sock.sendall(b"\x01" + _mac(secret, b"s", client_nonce, server_nonce))
+    sock.settimeout(None)
+
+
+def client_handshake(sock: socket.socket, secret: bytes) -> None:
+    """Prove the secret to a node and check that the node knows it too."""
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        hello = recv_exactly(sock, len(MAGIC) + NONCE)
+    except (ConnectionResetError, socket.timeout) as exc:
+        raise ProtocolError(f"no leaderless greeting from {_peer(sock)}") from exc
+    if hello[:len(MAGIC)] != MAGIC:
+        raise ProtocolError(f"{_peer(sock)} is not a leaderless node (bad greeting)")
+    server_nonce = hello[len(MAGIC):]
+    client_nonce = os.urandom(NONCE)
+    sock.sendall(client_nonce + _mac(secret, b"c", server_nonce, client_nonce))
+    try:
+        verdict = recv_exactly(sock, 1)
+        if verdict != b"\x01":
+            raise AuthenticationFailed(f"{_peer(sock)} refused the cluster secret")
+        proof = recv_exactly(sock, MAC)
+    except ConnectionResetError as exc:
+        raise AuthenticationFailed(f"{_peer(sock)} closed the connection during authentication") from exc
+    if not hmac.compare_digest(proof, _mac(secret, b"s", client_nonce, server_nonce)):
+        raise AuthenticationFailed(f"{_peer(sock)} does not know the cluster secret")
+    sock.settimeout(None)
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return "peer"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "peer"
+
+
+def encode(message: Any) -> bytes:
+    payload = pickle.dumps(message, protocol=5)
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> Any:
+    try:
+        return safe_loads(payload, WIRE_TYPES)
+    except Exception as exc:  # any unpickling failure is the peer's fault, never ours
+        raise ProtocolError(f"undecodable frame: {exc}") from exc
+
+
+class FrameReader:
+    """Splits a byte stream into decoded messages; one ``feed`` may yield many."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buffer += data
+        out = []
+        buf = self._buffer
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > MAX_FRAME:
+                raise ProtocolError(f"frame of {size} bytes is over the {MAX_FRAME} byte limit")
+            if len(buf) - pos - 4 < size:
+                break
+            out.append(decode(bytes(buf[pos + 4:pos + 4 + size])))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return out

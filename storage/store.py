@@ -1,0 +1,424 @@
+"""One store per node: objects, hints and metadata behind a small backend interface.
+
+`Store` is the interface; `LmdbStore` keeps everything in one LMDB environment
+(named databases ``objects``, ``hints`` and ``meta``) and `MemoryStore` keeps it
+in dicts for fast tests. Both pass one contract test suite.
+
+Writes are batched by the caller: one `Store.apply` is one transaction, durable
+(fsync'd) when it returns for ``LmdbStore(sync=True)``, so many writes share one
+fsync (group commit). Errors: `StoreError`, and its subclass `StoreFull` when
+the LMDB map is full (nothing of that batch is written). Records that cannot be
+encoded or decoded raise `storage.codec.CodecError`; bad keys raise `ValueError`.
+
+A hint's id is its target's utf-8 name, a NUL byte, then an 8-byte big-endian
+sequence number (nanoseconds since the epoch, strictly increasing per store),
+so the hints for one target are one ordered key range.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import lmdb
+
+from storage.codec import FORMAT_V1, CodecError, decode_object, encode_object
+from storage.versions import DVVSet
+
+__all__ = ["Hint", "LmdbStore", "MemoryStore", "Store", "StoreError", "StoreFull", "open_store"]
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 511
+"""LMDB's default maximum key size; both backends enforce it."""
+
+_CHUNK = 256  # records read per transaction by items()/keys(), so no reader pins old pages for long
+_SEQ = struct.Struct(">Q")
+_HINT_HEADER = struct.Struct(">BdH")  # format byte, created, length of the key
+_OPEN_PATHS: set[str] = set()  # LMDB must not be opened twice in one process
+_OPEN_LOCK = threading.Lock()
+
+
+class StoreError(Exception):
+    """The store could not do what was asked."""
+
+
+class StoreFull(StoreError):
+    """The LMDB map is full; nothing of the failed batch was written."""
+
+
+class Hint(NamedTuple):
+    """A write held for a node that was down (hinted handoff)."""
+
+    hint_id: bytes
+    """Unique; orders the hints of one target by age."""
+    target: str
+    """The node the write is meant for."""
+    key: str
+    """The key written."""
+    obj: DVVSet
+    """The object to hand off (the receiver syncs it)."""
+    created: float
+    """`time.time()` when the hint was stored."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The storage backend of one node; keys are 1 to `MAX_KEY_BYTES` utf-8 bytes."""
+
+    def get(self, key: str) -> DVVSet | None:
+        """The object stored under `key`, or None."""
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, DVVSet | None]:
+        """The objects under `keys`, read in one snapshot."""
+
+    def apply(
+        self,
+        objects: Iterable[tuple[str, DVVSet]] = (),
+        hints: Iterable[tuple[str, str, DVVSet]] = (),
+        deletes: Iterable[str] = (),
+    ) -> None:
+        """In one transaction: put (key, obj) pairs, add (target, key, obj) hints, delete keys."""
+
+    def items(self, start: str | None = None) -> Iterator[tuple[str, DVVSet]]:
+        """(key, obj) sorted by key from `start` (inclusive); safe while writes continue."""
+
+    def keys(self) -> Iterator[str]:
+        """Every key, sorted."""
+
+    def count(self) -> int:
+        """The number of keys."""
+
+    def hints(self, target: str | None = None, limit: int | None = None) -> list[Hint]:
+        """At most `limit` hints for `target` (None: every target), oldest first."""
+
+    def delete_hints(self, hint_ids: Iterable[bytes]) -> None:
+        """Remove hints (delivered ones) in one durable transaction; unknown ids are ignored."""
+
+    def hint_count(self) -> int:
+        """The number of hints held."""
+
+    def meta_get(self, name: str) -> bytes | None:
+        """A metadata value, or None."""
+
+    def meta_put(self, name: str, value: bytes) -> None:
+        """Store a metadata value durably."""
+
+    def close(self) -> None:
+        """Release the store; idempotent. Any other call afterwards raises `StoreError`."""
+
+
+def _key_bytes(key: str) -> bytes:
+    data = key.encode("utf-8")
+    if not 0 < len(data) <= MAX_KEY_BYTES:
+        raise ValueError(f"a key must be 1 to {MAX_KEY_BYTES} utf-8 bytes, got {len(data)}")
+    return data
+
+
+def _valid(key: str) -> str:
+    _key_bytes(key)
+    return key
+
+
+def _hint_prefix(target: str) -> bytes:
+    if "\x00" in target:
+        raise ValueError(f"a hint target must not contain NUL: {target!r}")
+    return _key_bytes(target) + b"\x00"
+
+
+class _HintIds:
+    """Fresh hint ids: strictly increasing sequence numbers taken from the wall clock."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self, target: str) -> bytes:
+        prefix = _hint_prefix(target)
+        if len(prefix) + _SEQ.size > MAX_KEY_BYTES:
+            raise ValueError(f"hint target name too long: {target!r}")
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            return prefix + _SEQ.pack(self._last)
+
+
+def _pack_hint(key: str, obj: DVVSet, created: float) -> bytes:
+    data = _key_bytes(key)
+    return _HINT_HEADER.pack(FORMAT_V1, created, len(data)) + data + encode_object(obj)
+
+
+def _unpack_hint(hint_id: bytes, record: bytes) -> Hint:
+    fmt, created, length = _HINT_HEADER.unpack_from(record)
+    if fmt != FORMAT_V1:
+        raise CodecError(f"unknown hint format byte {fmt}")
+    start = _HINT_HEADER.size
+    key = record[start : start + length].decode("utf-8")
+    obj = decode_object(record[start + length :])
+    return Hint(hint_id, hint_id[: -_SEQ.size - 1].decode("utf-8"), key, obj, created)
+
+
+def _select_hints(records: Iterable[tuple[bytes, bytes]], target: str | None, limit: int | None) -> list[Hint]:
+    """The oldest hints (for `target`, or all) from (hint_id, record) pairs sorted by id."""
+    if target is None:
+        def age(pair: tuple[bytes, bytes]) -> bytes:
+            return pair[0][-_SEQ.size :]
+
+        chosen = sorted(records, key=age) if limit is None else heapq.nsmallest(limit, records, key=age)
+        return [_unpack_hint(hint_id, record) for hint_id, record in chosen]
+    prefix, found = _hint_prefix(target), list[Hint]()
+    for hint_id, record in records:
+        if limit is not None and len(found) >= limit:
+            break
+        if hint_id.startswith(prefix):
+            found.append(_unpack_hint(hint_id, record))
+        elif hint_id > prefix:
+            break
+    return found
+
+
+class LmdbStore:
+    """A `Store` in one LMDB environment: one writer thread, any number of reader threads."""
+
+    def __init__(self, path: str, *, map_size: int = 16 << 30, sync: bool = True) -> None:
+        self._path = os.path.realpath(path)
+        self._map_size = map_size
+        with _OPEN_LOCK:
+            if self._path in _OPEN_PATHS:
+                raise StoreError(f"LMDB environment {self._path} is already open in this process")
+            try:
+                os.makedirs(self._path, exist_ok=True)
+                env = lmdb.open(
+                    self._path, map_size=map_size, subdir=True, max_dbs=8, sync=sync, writemap=False, lock=True
+                )
+            except (OSError, lmdb.Error) as exc:
+                raise StoreError(f"cannot open LMDB environment {self._path}: {exc}") from exc
+            _OPEN_PATHS.add(self._path)
+        self._env: lmdb.Environment | None = env
+        stale = env.reader_check()
+        if stale:
+            log.info("cleared %d stale LMDB readers in %s", stale, self._path)
+        self._objects = env.open_db(b"objects")
+        self._hints = env.open_db(b"hints")
+        self._meta = env.open_db(b"meta")
+        self._hint_ids = _HintIds()
+        log.debug("opened LMDB store %s (map_size=%d, sync=%s)", self._path, map_size, sync)
+
+    def _environment(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StoreError(f"store {self._path} is closed")
+        return self._env
+
+    def _write(self, work: Callable[[lmdb.Transaction], None]) -> None:
+        """Run `work` in one write transaction, translating LMDB's errors."""
+        try:
+            with self._environment().begin(write=True) as txn:
+                work(txn)
+        except lmdb.MapFullError as exc:
+            log.error("LMDB map of %d bytes at %s is full; a batch was refused", self._map_size, self._path)
+            raise StoreFull(
+                f"LMDB map of {self._map_size} bytes at {self._path} is full: nothing of this batch "
+                "was written (reopen with a larger map_size)"
+            ) from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"LMDB write failed at {self._path}: {exc}") from exc
+
+    def get(self, key: str) -> DVVSet | None:
+        return self.get_many([key])[key]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, DVVSet | None]:
+        wanted = {key: _key_bytes(key) for key in keys}
+        with self._environment().begin(db=self._objects) as txn:
+            raw = {key: txn.get(data) for key, data in wanted.items()}
+        return {key: None if data is None else decode_object(data) for key, data in raw.items()}
+
+    def apply(
+        self,
+        objects: Iterable[tuple[str, DVVSet]] = (),
+        hints: Iterable[tuple[str, str, DVVSet]] = (),
+        deletes: Iterable[str] = (),
+    ) -> None:
+        """Put `objects`, add `hints`, then remove `deletes`, all in one durable transaction."""
+        created = time.time()
+        puts = [(_key_bytes(key), encode_object(obj)) for key, obj in objects]
+        held = [(target, _pack_hint(key, obj, created)) for target, key, obj in hints]
+        removed = [_key_bytes(key) for key in deletes]
+
+        def work(txn: lmdb.Transaction) -> None:
+            for data, record in puts:
+                txn.put(data, record, db=self._objects)
+            for target, record in held:
+                while not txn.put(self._hint_ids.next(target), record, db=self._hints, overwrite=False):
+                    pass  # an id left by an earlier run with a clock set back: take the next one
+            for data in removed:
+                txn.delete(data, db=self._objects)
+
+        self._write(work)
+
+    def _scan(self, db: lmdb._Database, start: bytes, values: bool = True) -> Iterator[tuple[bytes, bytes]]:
+        """Records from `start` on, read `_CHUNK` at a time so no reader pins old pages for long."""
+        after: bytes | None = None  # the last key yielded: the next chunk starts after it
+        while True:
+            with self._environment().begin(db=db) as txn:
+                cursor = txn.cursor()
+                seek = after or start
+                found = cursor.set_range(seek) if seek else cursor.first()
+                chunk: list[tuple[bytes, bytes]] = []
+                while found and len(chunk) < _CHUNK:
+                    if cursor.key() != after:
+                        chunk.append((cursor.key(), cursor.value() if values else b""))
+                    found = cursor.next()
+            yield from chunk
+            if not found:
+                return
+            after = chunk[-1][0]
+
+    def items(self, start: str | None = None) -> Iterator[tuple[str, DVVSet]]:
+        for data, record in self._scan(self._objects, start.encode("utf-8") if start else b""):
+            yield data.decode("utf-8"), decode_object(record)
+
+    def keys(self) -> Iterator[str]:
+        for data, _ in self._scan(self._objects, b"", values=False):
+            yield data.decode("utf-8")
+
+    def count(self) -> int:
+        with self._environment().begin() as txn:
+            return int(txn.stat(self._objects)["entries"])
+
+    def hints(self, target: str | None = None, limit: int | None = None) -> list[Hint]:
+        start = b"" if target is None else _hint_prefix(target)
+        records = self._scan(self._hints, start)
+        return _select_hints(records, target, limit)
+
+    def delete_hints(self, hint_ids: Iterable[bytes]) -> None:
+        doomed = list(hint_ids)
+
+        def work(txn: lmdb.Transaction) -> None:
+            for hint_id in doomed:
+                txn.delete(hint_id, db=self._hints)
+
+        self._write(work)
+
+    def hint_count(self) -> int:
+        with self._environment().begin() as txn:
+            return int(txn.stat(self._hints)["entries"])
+
+    def meta_get(self, name: str) -> bytes | None:
+        with self._environment().begin(db=self._meta) as txn:
+            value: bytes | None = txn.get(_key_bytes(name))
+            return value
+
+    def meta_put(self, name: str, value: bytes) -> None:
+        data = _key_bytes(name)
+        self._write(lambda txn: txn.put(data, bytes(value), db=self._meta))
+
+    def close(self) -> None:
+        """Close the environment; later calls do nothing."""
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
+            with _OPEN_LOCK:
+                _OPEN_PATHS.discard(self._path)
+            log.debug("closed LMDB store %s", self._path)
+
+
+class MemoryStore:
+    """A `Store` in dicts, with the same semantics as `LmdbStore` (records are encoded too)."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, bytes] = {}
+        self._hints: dict[bytes, bytes] = {}
+        self._meta: dict[str, bytes] = {}
+        self._hint_ids = _HintIds()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("memory store is closed")
+
+    def get(self, key: str) -> DVVSet | None:
+        return self.get_many([key])[key]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, DVVSet | None]:
+        wanted = [_valid(key) for key in keys]
+        with self._lock:
+            self._check_open()
+            raw = {key: self._objects.get(key) for key in wanted}
+        return {key: None if data is None else decode_object(data) for key, data in raw.items()}
+
+    def apply(
+        self,
+        objects: Iterable[tuple[str, DVVSet]] = (),
+        hints: Iterable[tuple[str, str, DVVSet]] = (),
+        deletes: Iterable[str] = (),
+    ) -> None:
+        """Put `objects`, add `hints`, then remove `deletes`, all at once."""
+        created = time.time()
+        puts = [(_valid(key), encode_object(obj)) for key, obj in objects]
+        held = [(self._hint_ids.next(target), _pack_hint(key, obj, created)) for target, key, obj in hints]
+        removed = [_valid(key) for key in deletes]
+        with self._lock:
+            self._check_open()
+            self._objects.update(puts)
+            self._hints.update(held)
+            for key in removed:
+                self._objects.pop(key, None)
+
+    def items(self, start: str | None = None) -> Iterator[tuple[str, DVVSet]]:
+        with self._lock:
+            self._check_open()
+            chosen = sorted(item for item in self._objects.items() if start is None or item[0] >= start)
+        for key, record in chosen:
+            yield key, decode_object(record)
+
+    def keys(self) -> Iterator[str]:
+        with self._lock:
+            self._check_open()
+            return iter(sorted(self._objects))
+
+    def count(self) -> int:
+        self._check_open()
+        return len(self._objects)
+
+    def hints(self, target: str | None = None, limit: int | None = None) -> list[Hint]:
+        with self._lock:
+            self._check_open()
+            records = sorted(self._hints.items())
+        return _select_hints(records, target, limit)
+
+    def delete_hints(self, hint_ids: Iterable[bytes]) -> None:
+        doomed = list(hint_ids)
+        with self._lock:
+            self._check_open()
+            for hint_id in doomed:
+                self._hints.pop(hint_id, None)
+
+    def hint_count(self) -> int:
+        self._check_open()
+        return len(self._hints)
+
+    def meta_get(self, name: str) -> bytes | None:
+        self._check_open()
+        return self._meta.get(_valid(name))
+
+    def meta_put(self, name: str, value: bytes) -> None:
+        with self._lock:
+            self._check_open()
+            self._meta[_valid(name)] = bytes(value)
+
+    def close(self) -> None:
+        """Refuse further use; later calls do nothing."""
+        self._closed = True
+
+
+def open_store(path: str | None, **kw: Any) -> Store:
+    """An `LmdbStore` at `path` (options `map_size`, `sync`), or a `MemoryStore` for None."""
+    if path is None:
+        return MemoryStore()
+    return LmdbStore(path, **kw)

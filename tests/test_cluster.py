@@ -1,0 +1,255 @@
+"""Multi-process behaviour through LocalCluster: quorum reads and writes, siblings, durability, faults."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from actors import InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, connect
+from actors.ring import Ring
+
+pytestmark = pytest.mark.cluster
+
+
+def primaries(cluster: LocalCluster, key: str) -> list[str]:
+    config = cluster.config
+    ring = Ring(config.nodes, partitions=config.partitions, target_n=min(config.n, len(config.nodes)))
+    return ring.primaries(key, config.n)
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def seen_down_by_all(cluster: LocalCluster, dead: list[str]) -> bool:
+    status = cluster.status()
+    return all(all(s["members"].get(d) == "down" for d in dead) for n, s in status.items() if s.get("up"))
+
+
+# --- the healthy path ------------------------------------------------------------------------
+
+def test_a_write_is_readable_through_every_node(shared_cluster: LocalCluster) -> None:
+    shared_cluster.client().put("greeting", b"hello")
+    for node in shared_cluster.nodes:
+        with shared_cluster.client(nodes=[node]) as client:
+            assert client.get("greeting").values == [b"hello"]
+
+
+def test_a_missing_key_reads_as_no_values(shared_cluster: LocalCluster) -> None:
+    result = shared_cluster.client().get("never-written")
+    assert result.values == []
+    assert result.context == ()
+
+
+def test_a_write_with_the_read_context_replaces_the_value(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    client.put("cart:priya", b"milk")
+    obj = client.get("cart:priya")
+    client.put("cart:priya", b"milk,eggs", context=obj.context, w=3)
+    assert client.get("cart:priya", r=3).values == [b"milk,eggs"]
+
+
+def test_two_puts_without_context_become_siblings_and_a_put_with_the_joined_context_collapses_them(
+        shared_cluster: LocalCluster) -> None:
+    first = shared_cluster.client(nodes=["n1"])
+    second = shared_cluster.client(nodes=["n4"])
+    first.put("cart:sam", b"apples", w=3)
+    second.put("cart:sam", b"pears", w=3)
+    obj = first.get("cart:sam", r=3)
+    assert sorted(obj.values) == [b"apples", b"pears"]
+    second.put("cart:sam", b"apples,pears", context=obj.context, w=3)
+    assert first.get("cart:sam", r=3).values == [b"apples,pears"]
+
+
+def test_a_put_with_a_stale_context_keeps_the_concurrent_sibling(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    client.put("doc", b"v1", w=3)
+    stale = client.get("doc").context
+    client.put("doc", b"v2", context=stale, w=3)          # supersedes v1
+    client.put("doc", b"v3", context=stale, w=3)          # also saw only v1: concurrent with v2
+    assert sorted(client.get("doc", r=3).values) == [b"v2", b"v3"]
+
+
+def test_a_write_lands_on_all_of_its_preference_list_at_w_all(shared_cluster: LocalCluster) -> None:
+    shared_cluster.client().put("placed", b"x", w="all")
+    holders = [n for n in shared_cluster.nodes if shared_cluster.inspect(n, "placed") is not None]
+    assert sorted(holders) == sorted(primaries(shared_cluster, "placed"))
+    local = shared_cluster.inspect(holders[0], "placed")
+    assert local.values == [b"x"] and not local.tombstone and sum(local.version.values()) == 1
+
+
+def test_a_delete_reads_as_absent_and_leaves_tombstones(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    client.put("gone", b"soon", w=3)
+    client.delete("gone", context=client.get("gone").context, w=3)
+    assert client.get("gone", r=3).values == []
+    for node in primaries(shared_cluster, "gone"):
+        assert shared_cluster.inspect(node, "gone").tombstone
+
+
+def test_many_requests_are_in_flight_on_one_connection(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client(nodes=["n2"])
+    futures = [client.put_async(f"k{i}", b"v%d" % i) for i in range(1000)]
+    contexts = [f.get(timeout=30) for f in futures]
+    assert len(contexts) == 1000 and all(contexts)
+    reads = [client.get_async(f"k{i}") for i in range(0, 1000, 10)]
+    assert [r.get(timeout=30).values for r in reads] == [[b"v%d" % i] for i in range(0, 1000, 10)]
+
+
+def test_a_client_from_another_process_finds_the_cluster_through_its_data_dir(shared_cluster: LocalCluster) -> None:
+    shared_cluster.client().put("found", b"yes")
+    with connect(str(shared_cluster.data_dir)) as client:
+        assert client.get("found").values == [b"yes"]
+
+
+def test_status_shows_every_node_up_as_seen_by_every_node(shared_cluster: LocalCluster) -> None:
+    status = shared_cluster.status()
+    assert sorted(status) == sorted(shared_cluster.nodes)
+    for node, s in status.items():
+        assert s["up"] and s["name"] == node
+        assert s["members"] == {n: "up" for n in shared_cluster.nodes}
+        assert isinstance(s["hints_pending"], int)
+
+
+# --- bad requests ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"w": 4}, QuorumValueError), ({"w": 0}, QuorumValueError), ({"w": "most"}, QuorumValueError),
+])
+def test_an_impossible_write_quorum_is_refused_with_a_specific_error(shared_cluster: LocalCluster, kwargs, error):
+    with pytest.raises(error):
+        shared_cluster.client().put("q", b"x", **kwargs)
+
+
+def test_an_impossible_read_quorum_is_refused(shared_cluster: LocalCluster) -> None:
+    with pytest.raises(QuorumValueError, match="larger than n=3"):
+        shared_cluster.client().get("q", r=5)
+
+
+@pytest.mark.parametrize("key", ["", "a\x00b", "x" * 2000])
+def test_a_bad_key_is_refused_and_the_node_keeps_serving(shared_cluster: LocalCluster, key: str) -> None:
+    client = shared_cluster.client()
+    with pytest.raises(InvalidRequest):
+        client.put(key, b"x")
+    client.put("fine", b"ok", context=client.get("fine").context)
+    assert client.get("fine").values == [b"ok"]
+
+
+def test_a_non_bytes_value_is_refused_before_sending(shared_cluster: LocalCluster) -> None:
+    with pytest.raises(TypeError):
+        shared_cluster.client().put("k", "not bytes")  # type: ignore[arg-type]
+
+
+# --- failures --------------------------------------------------------------------------------
+
+def test_writes_succeed_and_stay_readable_with_one_node_killed(make_cluster) -> None:
+    cluster = make_cluster(nodes=5)
+    client = cluster.client(nodes=["n1", "n2", "n3", "n4"])
+    for i in range(50):
+        client.put(f"before{i}", b"b")
+    cluster.kill("n5")
+    for i in range(50):
+        client.put(f"after{i}", b"a")          # W=2: succeeds before and after n5 is seen down
+    for i in range(50):
+        assert client.get(f"before{i}").values == [b"b"]
+        assert client.get(f"after{i}").values == [b"a"]
+
+
+def test_a_w3_write_with_three_of_five_nodes_dead_raises_quorum_failed(make_cluster) -> None:
+    cluster = make_cluster(nodes=5)
+    for node in ("n3", "n4", "n5"):
+        cluster.kill(node)
+    client = cluster.client(nodes=["n1", "n2"])
+    with pytest.raises(QuorumFailed) as failure:
+        client.put("k", b"v", w=3, timeout=2.0)
+    assert failure.value.needed == 3 and failure.value.got < 3
+    assert set(failure.value.replicas) <= {"n1", "n2"}
+    assert "needed 3" in str(failure.value)
+
+
+def test_acknowledged_writes_survive_kill_9_of_every_node(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    client = cluster.client()
+    futures = {f"durable{i}": client.put_async(f"durable{i}", b"%d" % i, w=3) for i in range(300)}
+    for f in futures.values():
+        f.get(timeout=30)                     # acknowledged by all three: durable on all three
+    for node in cluster.nodes:
+        cluster.kill(node)
+    for node in cluster.nodes:
+        cluster.restart(node, wait=False)
+    cluster.wait_until_converged(cluster.nodes)
+    for node in cluster.nodes:
+        for i in range(0, 300, 7):
+            local = cluster.inspect(node, f"durable{i}")
+            assert local is not None and local.values == [b"%d" % i], (node, i)
+
+
+def test_a_delete_stays_deleted_after_restart(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    client = cluster.client()
+    client.put("ghost", b"boo", w=3)
+    client.delete("ghost", context=client.get("ghost").context, w=3)
+    for node in cluster.nodes:
+        cluster.kill(node)
+        cluster.restart(node, wait=False)
+    cluster.wait_until_converged(cluster.nodes)
+    assert cluster.client().get("ghost", r=3).values == []
+
+
+def test_a_down_primary_is_replaced_by_a_fallback_that_keeps_a_hint(make_cluster) -> None:
+    cluster = make_cluster(nodes=5)
+    key = "sloppy"
+    owners = primaries(cluster, key)
+    victim = owners[0]
+    cluster.kill(victim)
+    wait_for(lambda: seen_down_by_all(cluster, [victim]))
+    alive = [n for n in cluster.nodes if n != victim]
+    client = cluster.client(nodes=alive)
+    client.put(key, b"while-down", w=3)                       # 3 acks: two primaries and a fallback
+    holders = [n for n in alive if cluster.inspect(n, key) is not None]
+    fallbacks = [n for n in holders if n not in owners]
+    assert len(holders) == 3 and len(fallbacks) == 1
+    assert cluster.status()[fallbacks[0]]["hints_pending"] >= 1
+    assert client.get(key, r=3).values == [b"while-down"]
+
+
+def test_a_restarted_node_is_seen_up_again_and_serves(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    cluster.kill("n2")
+    wait_for(lambda: seen_down_by_all(cluster, ["n2"]))
+    cluster.restart("n2")
+    assert all(s["members"]["n2"] == "up" for s in cluster.status().values())
+    with cluster.client(nodes=["n2"]) as client:
+        client.put("back", b"again", w=3)
+        assert client.get("back", r=3).values == [b"again"]
+
+
+def test_a_partitioned_minority_cannot_reach_quorum_and_heals(make_cluster) -> None:
+    cluster = make_cluster(nodes=5)
+    cluster.partition(["n1"], ["n2", "n3", "n4", "n5"])
+    lonely = cluster.client(nodes=["n1"])
+    with pytest.raises(QuorumFailed):
+        lonely.put("split", b"minority", w=2, timeout=1.5)
+    majority = cluster.client(nodes=["n2", "n3"])
+    majority.put("split", b"majority", w=2)
+    cluster.heal()
+    wait_for(lambda: cluster.status()["n1"]["members"] == {n: "up" for n in cluster.nodes})
+    lonely.put("healed", b"yes", w=3)
+    assert majority.get("healed", r=3).values == [b"yes"]
+
+
+def test_a_slow_node_delays_but_does_not_break_requests(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    cluster.slow("n3", delay_ms=50)
+    client = cluster.client(nodes=["n1"])
+    client.put("slowpoke", b"x", w=3)
+    assert client.get("slowpoke", r=3).values == [b"x"]
+    cluster.heal()
+    assert client.get("slowpoke", r=3).values == [b"x"]

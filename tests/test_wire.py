@@ -1,0 +1,78 @@
+"""The wire format: handshake, framing and safe decoding, over socket pairs (no nodes)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import threading
+
+import pytest
+
+from actors.errors import AuthenticationFailed, ProtocolError
+from actors.messages import Ack, ClientPut, Hello, ReplicaPut
+from actors.wire import MAX_FRAME, FrameReader, client_handshake, encode, server_handshake
+from storage import versions
+
+
+def handshake(client_secret: bytes, server_secret: bytes) -> tuple[BaseException | None, BaseException | None]:
+    a, b = socket.socketpair()
+    outcome: dict[str, BaseException | None] = {"server": None}
+
+    def serve() -> None:
+        try:
+            server_handshake(b, server_secret)
+        except BaseException as exc:   # recorded for the assertion
+            outcome["server"] = exc
+        finally:
+            b.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    client_error = None
+    try:
+        client_handshake(a, client_secret)
+    except BaseException as exc:
+        client_error = exc
+    thread.join(5)
+    a.close()
+    return client_error, outcome["server"]
+
+
+def test_both_sides_accept_the_same_secret() -> None:
+    assert handshake(b"s3cret", b"s3cret") == (None, None)
+
+
+def test_a_wrong_secret_fails_on_both_sides() -> None:
+    client_error, server_error = handshake(b"wrong", b"s3cret")
+    assert isinstance(client_error, AuthenticationFailed)
+    assert isinstance(server_error, AuthenticationFailed)
+
+
+def test_messages_round_trip_through_frames_split_anywhere() -> None:
+    obj = versions.update(None, (), b"value", "n1.ab")
+    messages = [Hello("client"), ClientPut(1, "k", b"v", (("n1", 3),), 2, 1.5), ReplicaPut(7, "n2", "k", obj, "n3"),
+                Ack(7, "n1", True)]
+    stream = b"".join(encode(m) for m in messages)
+    for cut in (1, 3, 5, len(stream) // 2, len(stream) - 1):
+        reader = FrameReader()
+        got = reader.feed(stream[:cut]) + reader.feed(stream[cut:])
+        assert got == messages
+
+
+def test_a_frame_over_the_limit_is_refused_from_its_header() -> None:
+    with pytest.raises(ProtocolError, match="limit"):
+        FrameReader().feed(struct.pack(">I", MAX_FRAME + 1))
+
+
+def test_a_pickle_naming_a_global_outside_the_allow_list_is_refused() -> None:
+    payload = pickle.dumps(os.getcwd)
+    with pytest.raises(ProtocolError):
+        FrameReader().feed(struct.pack(">I", len(payload)) + payload)
+
+
+def test_random_bytes_are_a_protocol_error_not_a_crash() -> None:
+    payload = bytes(range(256)) * 4
+    with pytest.raises(ProtocolError):
+        FrameReader().feed(struct.pack(">I", len(payload)) + payload)
