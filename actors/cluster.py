@@ -56,7 +56,8 @@ class LocalCluster:
     def __init__(self, nodes: int = 5, n: int = 3, r: int | str = 2, w: int | str = 2,
                  data_dir: str | os.PathLike[str] | None = None, *, base_port: int | None = None,
                  host: str = "127.0.0.1", timeout: float = 3.0, gossip_interval: float = 0.2,
-                 down_after: float = 1.5, partitions: int = 64, start_timeout: float = 30.0) -> None:
+                 down_after: float = 1.5, partitions: int = 64, start_timeout: float = 30.0,
+                 map_size: int = 16 << 30) -> None:
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="leaderless-")
@@ -82,7 +83,8 @@ class LocalCluster:
             names = [f"n{i + 1}" for i in range(nodes)]
             self.config = ClusterConfig(nodes={name: (host, port) for name, port in zip(names, ports)}, n=n, r=r, w=w,
                                         partitions=max(partitions, _pow2_at_least(nodes)), timeout=timeout,
-                                        gossip_interval=gossip_interval, down_after=down_after)
+                                        gossip_interval=gossip_interval, down_after=down_after,
+                                        map_size=map_size)
         self.config.validate()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.secret = ensure_secret(self.data_dir)
@@ -166,7 +168,10 @@ class LocalCluster:
         self._drop_admin(name)
 
     def restart(self, name: str, wait: bool = True) -> None:
-        """Start a stopped (or killed) node again on the same data dir and port; it rejoins."""
+        """Start a stopped (or killed) node again on the same data dir and port; it rejoins.
+
+        Faults injected before (partition, slowness) apply to the restarted node too.
+        """
         proc = self._procs.get(name)
         if proc is not None and proc.poll() is None:
             self.terminate(name)
@@ -235,7 +240,7 @@ class LocalCluster:
         return {node: everyone[node] for node in self.nodes}
 
     def wait_until_converged(self, nodes: Iterable[str], timeout: float | None = None) -> None:
-        """Wait until each of ``nodes`` answers and sees every other of them up."""
+        """Wait until each of ``nodes`` answers and sees up every other of them it is not partitioned from."""
         wanted = list(nodes)
         deadline = time.monotonic() + (timeout or self.start_timeout)
         last: Any = None
@@ -247,7 +252,7 @@ class LocalCluster:
                                              f"{self.data_dir / name / 'node.log'}")
             try:
                 views = {name: self._admin().status(name, timeout=1.0)["members"] for name in wanted}
-                if all(views[a].get(b) == "up" for a in wanted for b in wanted):
+                if all(views[a].get(b) == "up" for a in wanted for b in wanted if self._reachable(a, b)):
                     return
                 last = views
             except LeaderlessError as exc:
@@ -256,6 +261,9 @@ class LocalCluster:
             time.sleep(0.05)
         raise ClusterUnavailable(f"nodes {', '.join(wanted)} did not all see each other within the timeout: {last}")
 
+    def _reachable(self, a: str, b: str) -> bool:
+        return b not in self._blocked.get(a, ()) and a not in self._blocked.get(b, ())
+
     # --- plumbing --------------------------------------------------------------------------
 
     def _spawn(self, name: str) -> None:
@@ -263,9 +271,14 @@ class LocalCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        faults = []     # a node (re)started during a fault is under it from its first message
+        if self._blocked.get(name):
+            faults += ["--blocked", ",".join(sorted(self._blocked[name]))]
+        if self._delays.get(name):
+            faults += ["--delay-ms", str(self._delays[name])]
         with open(node_dir / "node.log", "ab") as logfile:
             self._procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "actors.node", "--data-dir", str(self.data_dir), "--name", name],
+                [sys.executable, "-m", "actors.node", "--data-dir", str(self.data_dir), "--name", name, *faults],
                 stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
 

@@ -33,6 +33,7 @@ class ClusterConfig:
     timeout: float = 3.0
     gossip_interval: float = 0.5
     down_after: float = 2.0
+    map_size: int = 16 << 30          # LMDB map size per node: the most a node's store may hold
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

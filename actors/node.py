@@ -54,9 +54,9 @@ class Node:
         self._stopping = threading.Event()
         self._ticker: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, blocked: list[str] | None = None, delay_ms: float = 0.0) -> None:
         config = self.config
-        self.store = LmdbStore(str(self.data_dir / self.name / "store"))
+        self.store = LmdbStore(str(self.data_dir / self.name / "store"), map_size=config.map_size)
         actor_id = self.store.meta_get("actor_id")
         if actor_id is None:   # a new (or wiped) store gets a new dot id, so old dots are never reused
             actor_id = f"{self.name}.{secrets.token_hex(4)}".encode()
@@ -74,6 +74,8 @@ class Node:
         self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats)
         self.gossiper = GossiperActor.start(self.name, self.incarnation, self.membership, self.transport.peers, send,
                                             interval=config.gossip_interval, down_after=config.down_after)
+        self.transport.block(blocked or ())
+        self.transport.delay(delay_ms / 1000.0)
         host, port = config.nodes[self.name]
         self.transport.listen(host, port)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.name}", daemon=True)
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.node", description="Run one leaderless node.")
     parser.add_argument("--data-dir", required=True, help="the cluster's data directory")
     parser.add_argument("--name", required=True, help="this node's name in cluster.json")
+    parser.add_argument("--blocked", default="", help="comma-separated peers to start partitioned from")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="start slowed down by this much")
     parser.add_argument("--log-level", default=os.environ.get("LEADERLESS_LOG", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     node = Node(args.name, args.data_dir, config, load_secret(args.data_dir))
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
-    node.start()
+    node.start(blocked=[p for p in args.blocked.split(",") if p], delay_ms=args.delay_ms)
     node.wait()
     node.stop()
     return 0

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from actors import InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, connect
+from actors import InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
 from actors.ring import Ring
 
 pytestmark = pytest.mark.cluster
@@ -253,3 +253,31 @@ def test_a_slow_node_delays_but_does_not_break_requests(make_cluster) -> None:
     assert client.get("slowpoke", r=3).values == [b"x"]
     cluster.heal()
     assert client.get("slowpoke", r=3).values == [b"x"]
+
+
+def test_a_full_disk_refuses_writes_clearly_and_loses_nothing_acknowledged(make_cluster) -> None:
+    cluster = make_cluster(nodes=3, map_size=2 << 20)        # every node's store holds at most 2 MiB
+    client = cluster.client()
+    value = b"x" * 100_000
+    acknowledged = []
+    with pytest.raises(StorageFull, match="full"):
+        for i in range(100):
+            client.put(f"big{i}", value, w=3)
+            acknowledged.append(f"big{i}")
+    assert acknowledged, "the first writes fit"
+    for key in acknowledged:
+        assert client.get(key, r=3).values == [value]
+    small = client.get("big0").context
+    client.put("big0", b"small", context=small, w=3)          # the node still serves and accepts what fits
+    assert client.get("big0", r=3).values == [b"small"]
+
+
+def test_a_node_restarted_during_a_partition_stays_partitioned_until_heal(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    cluster.partition(["n1"], ["n2", "n3"])
+    cluster.kill("n1")
+    cluster.restart("n1")
+    time.sleep(1.0)   # a few heartbeat rounds: n1 must not see its peers through the partition
+    assert cluster.status()["n1"]["members"] == {"n1": "up", "n2": "down", "n3": "down"}
+    cluster.heal()
+    wait_for(lambda: cluster.status()["n1"]["members"] == {"n1": "up", "n2": "up", "n3": "up"})
