@@ -27,8 +27,8 @@ import pykka
 from .config import ClusterConfig, load_secret
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, LeaderlessError, ProtocolError,
                      RequestTimeout)
-from .messages import (ClientGet, ClientPut, GetResult, Hello, InspectRequest, LocalObject, Reply, SetFaults,
-                       StatusRequest)
+from .messages import (ClientGet, ClientPut, GetResult, Hello, InspectRequest, LocalObject, Reply, RingChange,
+                       SetFaults, StatusRequest)
 from .transport import Connection
 from .wire import FrameReader, client_handshake
 
@@ -188,6 +188,11 @@ class Client:
                 self._forget(node)
                 out[node] = {"name": node, "up": False, "error": str(exc)}
         return out
+
+    def ring_change(self, node: str, action: str, name: str, host: str = "", port: int = 0,
+                    timeout: float = 10.0) -> int:
+        """Ask ``node`` to add (``join``) or remove (``leave``) ``name``; returns the new ring version."""
+        return self._connection(node).request(RingChange, action, name, host, port).get(timeout)
 
     def inspect(self, node: str, key: str, timeout: float = 5.0) -> LocalObject | None:
         return self._connection(node).request(InspectRequest, key).get(timeout)

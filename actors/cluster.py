@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,9 +56,14 @@ class LocalCluster:
 
     def __init__(self, nodes: int = 5, n: int = 3, r: int | str = 2, w: int | str = 2,
                  data_dir: str | os.PathLike[str] | None = None, *, base_port: int | None = None,
-                 host: str = "127.0.0.1", timeout: float = 3.0, gossip_interval: float = 0.2,
-                 down_after: float = 1.5, partitions: int = 64, start_timeout: float = 30.0,
-                 map_size: int = 16 << 30) -> None:
+                 host: str = "127.0.0.1", timeout: float = 3.0, partitions: int = 64, start_timeout: float = 30.0,
+                 **settings: Any) -> None:
+        """Configure a cluster (written to ``DATA_DIR/cluster.json``); ``start()`` or ``with`` starts it.
+
+        ``settings`` are further ``ClusterConfig`` fields (``gossip_interval``, ``aae_interval``,
+        ``hint_window``, ``tombstone_grace``, ``map_size``...). Local clusters gossip every 0.1 s
+        by default, so failures are detected within about two seconds.
+        """
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="leaderless-")
@@ -81,10 +87,13 @@ class LocalCluster:
                 raise InvalidRequest(f"nodes={nodes} must be at least 1")
             ports = list(range(base_port, base_port + nodes)) if base_port else free_ports(nodes, host)
             names = [f"n{i + 1}" for i in range(nodes)]
+            settings.setdefault("gossip_interval", 0.1)
+            unknown = sorted(set(settings) - set(ClusterConfig.__dataclass_fields__))
+            if unknown:
+                raise InvalidRequest(f"unknown cluster settings: {', '.join(unknown)}")
             self.config = ClusterConfig(nodes={name: (host, port) for name, port in zip(names, ports)}, n=n, r=r, w=w,
                                         partitions=max(partitions, _pow2_at_least(nodes)), timeout=timeout,
-                                        gossip_interval=gossip_interval, down_after=down_after,
-                                        map_size=map_size)
+                                        ring_nodes=names, **settings)
         self.config.validate()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.secret = ensure_secret(self.data_dir)
@@ -178,6 +187,70 @@ class LocalCluster:
         self._spawn(name)
         if wait:
             self.wait_until_converged([n for n in self.nodes if self.is_running(n)])
+
+    def wipe(self, name: str, wait: bool = True) -> None:
+        """Simulated disk loss: stop ``name``, delete its data, start it empty (it catches up by repair)."""
+        if self.is_running(name):
+            self.kill(name)
+        shutil.rmtree(self.data_dir / name / "store", ignore_errors=True)
+        self.restart(name, wait=wait)
+
+    def add_node(self, name: str | None = None, timeout: float = 60.0) -> str:
+        """Start a new node and add it to the ring; its share of the keys is handed off to it.
+
+        Returns once every running node uses the new ring; the data moves in the
+        background (``wait_for_handoff`` waits for it).
+        """
+        if name is None:
+            taken = {int(n[1:]) for n in self.config.nodes if n[1:].isdigit()}
+            name = f"n{max(taken, default=0) + 1}"
+        if name in self.config.nodes:
+            raise InvalidRequest(f"node {name} already exists")
+        host = next(iter(self.config.nodes.values()))[0]
+        self.config.nodes[name] = (host, free_ports(1, host)[0])
+        self.config.save(self.data_dir)
+        self._spawn(name)
+        self._admin_reset()
+        member = next(n for n in self.nodes if n != name and self.is_running(n))
+        version = self._admin().ring_change(member, "join", name, *self.config.nodes[name])
+        self.wait_for_ring(version, timeout=timeout)
+        return name
+
+    def decommission(self, name: str, timeout: float = 120.0) -> None:
+        """Take ``name`` out of the ring: it streams its data to the new owners, then stops."""
+        self._proc(name)
+        self._admin().ring_change(name, "leave", name)
+        proc = self._procs[name]
+        try:
+            proc.wait(timeout=timeout)       # a node that has left exits by itself
+        except subprocess.TimeoutExpired:
+            raise ClusterUnavailable(f"{name} did not finish handing off its data within {timeout}s") from None
+        del self._procs[name]
+        del self.config.nodes[name]
+        self.config.save(self.data_dir)
+        self._admin_reset()
+
+    def wait_for_ring(self, version: int, timeout: float = 60.0) -> None:
+        """Wait until every running node has adopted ring ``version`` (or a later one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if all(s.get("ring_version", 0) >= version for n, s in status.items() if self.is_running(n)):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterUnavailable(f"ring version {version} did not reach every node within {timeout}s")
+            time.sleep(0.05)
+
+    def wait_for_handoff(self, timeout: float = 120.0) -> None:
+        """Wait until no running node holds data it does not own and no hints are pending."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = {n: s for n, s in self.status().items() if self.is_running(n)}
+            if all(s.get("up") and s["handoff_pending"] == 0 and s["hints_pending"] == 0 for s in status.values()):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterUnavailable(f"handoff did not finish within {timeout}s")
+            time.sleep(0.1)
 
     def is_running(self, name: str) -> bool:
         proc = self._procs.get(name)
@@ -300,10 +373,12 @@ class LocalCluster:
         return self._client
 
     def _drop_admin(self, name: str | None = None) -> None:
-        """Forget connections (to ``name`` or all) so the next call reconnects."""
+        """Forget admin connections so the next call reconnects (and sees new nodes)."""
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    _admin_reset = _drop_admin
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:

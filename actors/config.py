@@ -32,9 +32,19 @@ class ClusterConfig:
     partitions: int = 64
     timeout: float = 3.0
     gossip_interval: float = 0.5
-    down_after: float = 2.0
+    phi_threshold: float = 8.0        # phi accrual conviction threshold (Cassandra's default)
     map_size: int = 16 << 30          # LMDB map size per node: the most a node's store may hold
+    ring_nodes: list[str] = field(default_factory=list)   # the members of the first ring (later: gossip)
+    hint_interval: float = 0.2
+    hint_window: float = 3 * 3600.0   # hints older than this are dropped (Cassandra's max_hint_window)
+    handoff_interval: float = 0.5
+    aae_interval: float = 1.0         # one anti-entropy exchange (one partition, one peer) per interval
+    tombstone_grace: float = 4 * 3600.0   # must exceed hint_window and the longest outage (gc_grace)
+    reap_interval: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def initial_ring_nodes(self) -> list[str]:
+        return list(self.ring_nodes) or sorted(self.nodes)
 
     def validate(self) -> None:
         if not self.nodes:
@@ -46,6 +56,9 @@ class ClusterConfig:
         from .quorum import resolve
         resolve("r", self.r, self.r, self.n)
         resolve("w", self.w, self.w, self.n)
+        if self.tombstone_grace < self.hint_window:
+            raise InvalidRequest(f"tombstone_grace ({self.tombstone_grace}s) must be at least hint_window "
+                                 f"({self.hint_window}s), or a late hint could bring deleted data back")
 
     def save(self, data_dir: str | os.PathLike[str]) -> None:
         path = Path(data_dir) / CONFIG_FILE

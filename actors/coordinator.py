@@ -27,7 +27,7 @@ from storage import versions
 from storage.store import MAX_KEY_BYTES as STORE_MAX_KEY_BYTES
 from storage.versions import DVVSet
 
-from .errors import InvalidRequest, LeaderlessError, QuorumFailed
+from .errors import InvalidRequest, LeaderlessError, QuorumFailed, StorageFull
 from .membership import Membership
 from .messages import (Ack, Batch, Built, ClientGet, ClientPut, CoordinatePut, GetResult, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, Tick, Unreachable)
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[str, Any], None]
 MAX_KEY_BYTES = STORE_MAX_KEY_BYTES
 MAX_VALUE_BYTES = 16 << 20
+MAX_TIMEOUT = 600.0
 
 
 @dataclass
@@ -83,7 +84,11 @@ class GetRequest:
 def validate_key(key: Any) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidRequest(f"key must be a non-empty string, got {key!r:.60}")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest("key is not valid unicode (it holds a lone surrogate)") from exc
+    if size > MAX_KEY_BYTES:
         raise InvalidRequest(f"key is longer than {MAX_KEY_BYTES} bytes")
     if "\x00" in key:
         raise InvalidRequest("key must not contain NUL characters")
@@ -104,10 +109,21 @@ def validate_context(context: Any) -> tuple[tuple[str, int], ...]:
     if context is None:
         return ()
     try:
-        pairs = tuple((str(a), int(c)) for a, c in context)
+        pairs = tuple(sorted((a, c) for a, c in context))
     except (TypeError, ValueError) as exc:
         raise InvalidRequest("context must be the context a read or write returned") from exc
-    return tuple(sorted(pairs))
+    if any(not isinstance(a, str) or type(c) is not int or c < 1 for a, c in pairs) or \
+            len({a for a, _ in pairs}) != len(pairs):
+        raise InvalidRequest("context must be the context a read or write returned")
+    return pairs
+
+
+def validate_timeout(timeout: Any, default: float) -> float:
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidRequest(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT}], got {timeout!r:.40}")
+    return float(timeout)
 
 
 class CoordinatorActor(pykka.ThreadingActor):
@@ -126,11 +142,11 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._ids = itertools.count(1)
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, Batch):
-            for item in message.messages:
+        for item in message.messages if isinstance(message, Batch) else (message,):
+            try:
                 self._handle(item)
-        else:
-            self._handle(message)
+            except Exception:  # one bad message must not stop the coordinator
+                log.exception("coordinator %s failed on %s", self.name, type(item).__name__)
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, (Ack, Built, ReplicaGetReply, Unreachable)):
@@ -163,6 +179,7 @@ class CoordinatorActor(pykka.ThreadingActor):
             value = validate_value(message.value)
             context = validate_context(message.context)
             w = resolve("w", message.w, self.settings.w, self.settings.n)
+            timeout = validate_timeout(message.timeout, self.settings.timeout)
         except InvalidRequest as exc:
             self._reply(message.reply_to, message.req_id, False, exc, f"{op}.invalid")
             return
@@ -175,7 +192,6 @@ class CoordinatorActor(pykka.ThreadingActor):
         nodes = [node for node, _ in targets]
         coordinating = self.name if self.name in nodes else nodes[0]
         req_id = next(self._ids)
-        timeout = message.timeout or self.settings.timeout
         now = self.clock()
         request = PutRequest(message.req_id, message.reply_to, key, targets, tally, now + timeout, coordinating,
                              now, value, context, op=op)
@@ -244,10 +260,12 @@ class CoordinatorActor(pykka.ThreadingActor):
             del self.requests[req_id]
 
     def _fail_put(self, request: PutRequest) -> None:
+        """Answer a put that cannot reach W: ``StorageFull`` if a replica refused for lack of space
+        (whatever order the answers came in), else ``QuorumFailed``."""
         request.state = "answered"
         tally = request.tally
-        errors = [e for e in tally.errors if isinstance(e, LeaderlessError)]
-        error: LeaderlessError = errors[0] if errors and not tally.acked else QuorumFailed(
+        full = [e for e in tally.errors if isinstance(e, StorageFull)]
+        error: LeaderlessError = full[0] if full else QuorumFailed(
             needed=tally.needed, got=len(tally.acked), replicas=tally.acked, op=request.op)
         self._reply(request.reply_to, request.client_req_id, False, error, f"{request.op}.quorum_failed")
 
@@ -257,6 +275,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         try:
             key = validate_key(message.key)
             r = resolve("r", message.r, self.settings.r, self.settings.n)
+            timeout = validate_timeout(message.timeout, self.settings.timeout)
         except InvalidRequest as exc:
             self._reply(message.reply_to, message.req_id, False, exc, "get.invalid")
             return
@@ -267,7 +286,6 @@ class CoordinatorActor(pykka.ThreadingActor):
                         QuorumFailed(needed=r, got=0, replicas=[], op="get"), "get.quorum_failed")
             return
         req_id = next(self._ids)
-        timeout = message.timeout or self.settings.timeout
         self.requests[req_id] = GetRequest(message.req_id, message.reply_to, key, targets, tally,
                                            self.clock() + timeout, hints=dict(targets))
         for node, _ in targets:

@@ -1,85 +1,208 @@
-"""GossiperActor: heartbeats, failure detection and the membership view.
+"""GossiperActor: membership by gossip, phi accrual failure detection, the ring.
 
-Foundation version: every ``interval`` the node sends a ``Heartbeat`` (with its view)
-to every peer; a peer not heard from for ``down_after`` seconds is marked down, and up
-again on its next heartbeat. Peers start as down until first heard, so a restarted
-node routes nothing to members it has not yet seen alive. The view is published to
-``Membership`` for the coordinator. (Random-peer gossip and an adaptive phi accrual
-detector replace this in the healing work; the message and the published view stay.)
+Every ``interval`` a node bumps its own heartbeat and exchanges its whole view (push-
+pull) with one random live peer, and now and then with one unreachable peer, so a
+recovered node is noticed. A view maps each member to ``(incarnation, heartbeat,
+status, address)``; the higher ``(incarnation, heartbeat)`` wins, and a restart bumps
+the incarnation. Whenever a member's heartbeat is seen to advance, directly or through
+a third node, its phi accrual detector records the arrival; a member whose phi passes
+``phi_threshold`` is down. The ring travels in the same messages with a version; the
+highest version wins (ties broken by content), and a ring change (join, leave) is made
+by one node bumping the version.
+
+Published to ``Membership``: ``up``, ``down``, ``leaving`` (still serving, handing its
+data off) and ``left``.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pykka
 
-from .membership import DOWN, UP, Membership
-from .messages import Batch, Heartbeat, Tick
+from .errors import InvalidRequest
+from .membership import DOWN, LEAVING, LEFT, UP, Membership
+from .messages import Batch, Gossip, HandoffComplete, Reply, RingChange, Tick
+from .phi import PhiDetector
+from .ring import Ring, RingError
 
 log = logging.getLogger(__name__)
 
+NORMAL = "normal"
+Endpoint = tuple[int, int, str, str, int]      # incarnation, heartbeat, status, host, port
+
 
 class GossiperActor(pykka.ThreadingActor):
-    """Keeps ``membership`` current from heartbeats."""
+    """Keeps ``membership`` (states and ring) current by gossip."""
 
-    def __init__(self, name: str, incarnation: int, membership: Membership, peers: Callable[[], list[str]],
-                 send: Callable[[str, Any], None], *, interval: float = 0.5, down_after: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, name: str, incarnation: int, address: tuple[str, int], membership: Membership,
+                 seeds: dict[str, tuple[str, int]], send: Callable[[str, Any], None], *,
+                 add_peer: Callable[[str, tuple[str, int]], None] = lambda name, address: None,
+                 persist_ring: Callable[[Ring, int], None] = lambda ring, version: None,
+                 interval: float = 0.5, phi_threshold: float = 8.0, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic, status: str = NORMAL) -> None:
         super().__init__()
         self.name = name
-        self.incarnation = incarnation
         self.membership = membership
-        self.peers = peers
         self.send = send
+        self.add_peer = add_peer
+        self.persist_ring = persist_ring
         self.interval = interval
-        self.down_after = down_after
+        self.phi_threshold = phi_threshold
+        self.rng = rng or random.Random()
         self.clock = clock
-        self.last_heard: dict[str, float] = {}
-        self.views: dict[str, dict[str, str]] = {}
-        self._next_beat = 0.0
+        self.endpoints: dict[str, Endpoint] = {
+            peer: (0, 0, NORMAL, host, port) for peer, (host, port) in seeds.items() if peer != name}
+        self.endpoints[name] = (incarnation, 0, status, address[0], address[1])
+        self.detectors: dict[str, PhiDetector] = {}
+        self._next_round = 0.0
+        self._published: dict[str, str] = {}
 
-    def on_receive(self, message: Any) -> None:
-        items = message.messages if isinstance(message, Batch) else [message]
-        changed = False
-        for item in items:
-            if isinstance(item, Heartbeat):
-                changed |= self._heard(item)
-            elif isinstance(item, Tick):
-                changed |= self._tick(item.now)
-        if changed:
-            self._publish()
+    # --- messages ------------------------------------------------------------------------
 
-    def _heard(self, beat: Heartbeat) -> bool:
-        was_up = beat.src in self.last_heard and self.membership.states.get(beat.src) == UP
-        self.last_heard[beat.src] = self.clock()
-        self.views[beat.src] = dict(beat.members)
-        if not was_up:
-            log.info("%s sees %s up", self.name, beat.src)
-        return not was_up
+    def on_receive(self, message: Any) -> Any:
+        for item in message.messages if isinstance(message, Batch) else (message,):
+            try:
+                self._handle(item)
+            except Exception:  # a malformed gossip message must not stop failure detection
+                log.exception("gossiper %s failed on %s", self.name, type(item).__name__)
+        self._publish()
 
-    def _tick(self, now: float) -> bool:
-        if now >= self._next_beat:
-            self._next_beat = now + self.interval
-            beat = Heartbeat(self.name, self.incarnation, self.membership.states)
-            for peer in self.peers():
-                self.send(peer, beat)
-        states = self.membership.states
-        changed = False
-        for peer in self.peers():
-            heard = self.last_heard.get(peer)
-            alive = heard is not None and now - heard <= self.down_after
-            if alive != (states.get(peer) == UP):
-                changed = True
-                if not alive and heard is not None:
-                    log.info("%s marks %s down (silent for %.1fs)", self.name, peer, now - heard)
-        return changed
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, Gossip):
+            self._merge(item)
+        elif isinstance(item, Tick):
+            self._tick(item.now)
+        elif isinstance(item, RingChange):
+            self._ring_change(item)
+        elif isinstance(item, HandoffComplete):
+            self._set_own_status(LEFT)
+        else:
+            log.warning("gossiper %s ignored unexpected %s", self.name, type(item).__name__)
+
+    def _tick(self, now: float) -> None:
+        if now < self._next_round:
+            return
+        self._next_round = now + self.interval
+        inc, beat, status, host, port = self.endpoints[self.name]
+        self.endpoints[self.name] = (inc, beat + 1, status, host, port)
+        for peer in self._partners(now):
+            self.send(peer, self._message(reply=True))
+
+    def _partners(self, now: float) -> list[str]:
+        peers = [p for p, e in self.endpoints.items() if p != self.name and e[2] != LEFT]
+        if not peers:
+            return []
+        live = [p for p in peers if self._alive(p, now)]
+        dead = [p for p in peers if p not in live]
+        chosen = [self.rng.choice(live)] if live else []
+        if dead and (not live or self.rng.random() < len(dead) / (len(live) + 1)):
+            chosen.append(self.rng.choice(dead))
+        return chosen
+
+    def _message(self, reply: bool) -> Gossip:
+        return Gossip(self.name, dict(self.endpoints), self.membership.ring_version,
+                      self.membership.ring.to_data(), reply)
+
+    def _merge(self, gossip: Gossip) -> None:
+        now = self.clock()
+        for node, endpoint in gossip.endpoints.items():
+            if node == self.name:
+                continue
+            mine = self.endpoints.get(node)
+            if mine is None or endpoint[:2] > mine[:2]:
+                if mine is None or (endpoint[3], endpoint[4]) != (mine[3], mine[4]):
+                    self.add_peer(node, (endpoint[3], endpoint[4]))
+                if mine is None or endpoint[0] != mine[0]:
+                    self.detectors[node] = PhiDetector(self.interval)   # new incarnation: forget old gaps
+                if endpoint[1] > 0:
+                    self.detectors.setdefault(node, PhiDetector(self.interval)).heartbeat(now)
+                self.endpoints[node] = endpoint
+        self._maybe_adopt(gossip.ring_version, gossip.ring)
+        if gossip.reply and gossip.src != self.name:
+            self.send(gossip.src, self._message(reply=False))
+
+    def _maybe_adopt(self, version: int, data: dict[str, Any]) -> None:
+        mine = self.membership.ring_version
+        if version < mine:
+            return
+        if version == mine:
+            current = self.membership.ring.to_data()
+            if data == current or repr(data["owners"]) <= repr(current["owners"]):
+                return
+        try:
+            ring = Ring.from_data(data)
+        except RingError as exc:
+            log.warning("gossiper %s ignored a bad ring from gossip: %s", self.name, exc)
+            return
+        self._adopt(ring, version)
+
+    def _adopt(self, ring: Ring, version: int) -> None:
+        log.info("%s adopts ring version %d: %s", self.name, version, ", ".join(ring.nodes))
+        self.membership.set_ring(ring, version)
+        self.persist_ring(ring, version)
+
+    # --- ring changes ---------------------------------------------------------------------
+
+    def _ring_change(self, change: RingChange) -> None:
+        ring = self.membership.ring
+        try:
+            if change.action == "join":
+                if change.node in ring.nodes:
+                    raise InvalidRequest(f"{change.node} is already a member")
+                self.add_peer(change.node, (change.host, change.port))
+                if change.node not in self.endpoints:
+                    self.endpoints[change.node] = (0, 0, NORMAL, change.host, change.port)
+                new = ring.with_node(change.node)
+            elif change.action == "leave":
+                if change.node != self.name:
+                    raise InvalidRequest(f"a leave must be sent to the leaving node itself, not to {self.name}")
+                if len(ring.nodes) <= 1:
+                    raise InvalidRequest("the last member cannot leave")
+                new = ring.without_node(change.node)
+                self._set_own_status(LEAVING)
+            else:
+                raise InvalidRequest(f"unknown ring change {change.action!r}")
+        except (InvalidRequest, RingError) as exc:
+            if change.reply_to is not None:
+                change.reply_to.send(Reply(change.req_id, False, InvalidRequest(str(exc))))
+            return
+        self._adopt(new, self.membership.ring_version + 1)
+        if change.reply_to is not None:
+            change.reply_to.send(Reply(change.req_id, True, self.membership.ring_version))
+
+    def _set_own_status(self, status: str) -> None:
+        inc, beat, _, host, port = self.endpoints[self.name]
+        self.endpoints[self.name] = (inc, beat + 1, status, host, port)
+        log.info("%s is now %s", self.name, status)
+
+    # --- liveness -------------------------------------------------------------------------
+
+    def _alive(self, node: str, now: float) -> bool:
+        detector = self.detectors.get(node)
+        return detector is not None and detector.phi(now) < self.phi_threshold
 
     def _publish(self) -> None:
         now = self.clock()
-        states = {peer: (UP if peer in self.last_heard and now - self.last_heard[peer] <= self.down_after else DOWN)
-                  for peer in self.peers()}
-        self.membership.publish(states)
+        states: dict[str, str] = {}
+        for node, (_, _, status, _, _) in self.endpoints.items():
+            if status == LEFT:
+                states[node] = LEFT
+            elif node != self.name and not self._alive(node, now):
+                states[node] = DOWN
+            elif status == LEAVING:
+                states[node] = LEAVING
+            else:
+                states[node] = UP
+        for node in self.membership.ring.nodes:
+            states.setdefault(node, DOWN)
+        if states != self._published:
+            for node, state in states.items():
+                if self._published.get(node) != state and node != self.name:
+                    log.info("%s sees %s %s", self.name, node, state)
+            self._published = states
+            self.membership.publish(states)

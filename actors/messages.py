@@ -143,11 +143,105 @@ class ReplicaGetReply(NamedTuple):
     obj: DVVSet | None
 
 
-class Heartbeat(NamedTuple):
-    """Gossip: the sender is alive; ``members`` is its view {node: state}."""
+class Gossip(NamedTuple):
+    """Push-pull gossip: the sender's view of every member, and its ring.
+
+    ``endpoints`` maps a node to ``(incarnation, heartbeat, status, host, port)``;
+    ``status`` is "normal", "leaving" or "left". A receiver keeps, per node, the entry
+    with the highest ``(incarnation, heartbeat)``, adopts a ring with a higher version,
+    and answers with its own view when ``reply`` is set.
+    """
     src: str
-    incarnation: int
-    members: dict[str, str]
+    endpoints: dict[str, tuple[int, int, str, str, int]]
+    ring_version: int
+    ring: dict[str, Any]
+    reply: bool = True
+
+
+class RingChange(NamedTuple):
+    """Admin: ``join`` adds ``node`` (listening on host:port) to the ring; ``leave`` starts its decommission."""
+    req_id: int
+    action: str
+    node: str
+    host: str = ""
+    port: int = 0
+    reply_to: Any = None
+
+
+class PutMany(NamedTuple):
+    """Repair traffic (hints, handoff, anti-entropy): merge every ``(key, obj)``; one ``BatchAck`` after commit."""
+    req_id: int
+    coordinator: str
+    items: list[tuple[str, DVVSet]]
+    want_ack: bool = True
+
+
+class BatchAck(NamedTuple):
+    """A replica's answer to ``PutMany``."""
+    req_id: int
+    node: str
+    ok: bool
+    error: Any = None
+
+
+class GetMany(NamedTuple):
+    """Repair traffic: the replica's objects for ``keys``."""
+    req_id: int
+    coordinator: str
+    keys: list[str]
+
+
+class GetManyReply(NamedTuple):
+    req_id: int
+    node: str
+    objects: dict[str, DVVSet | None]
+
+
+class TreeRequest(NamedTuple):
+    """Anti-entropy: one level of the replica's hash tree for ``partition``.
+
+    ``level`` is "buckets" (``which`` ignored), "segments" (``which``: bucket indexes)
+    or "keys" (``which``: segment indexes).
+    """
+    req_id: int
+    coordinator: str
+    partition: int
+    level: str
+    which: tuple[int, ...] = ()
+
+
+class TreeReply(NamedTuple):
+    req_id: int
+    node: str
+    partition: int
+    level: str
+    data: Any
+
+
+class Drop(NamedTuple):
+    """Remove each key whose stored object still equals the given one (after handoff, or a tombstone reap)."""
+    items: list[tuple[str, DVVSet]]
+    reason: str
+
+
+class DeleteHints(NamedTuple):
+    """Remove delivered (or expired) hints."""
+    hint_ids: list[bytes]
+
+
+class ReapCandidates(NamedTuple):
+    """Ask the replica for tombstones older than ``grace`` seconds in partitions it leads."""
+    req_id: int
+    grace: float
+
+
+class ReapCandidatesReply(NamedTuple):
+    req_id: int
+    items: list[tuple[str, DVVSet]]
+
+
+class HandoffComplete(NamedTuple):
+    """Repairer -> gossiper: a leaving node holds nothing it does not own; it has left."""
 
 
 # --- inside one node ------------------------------------------------------------------
@@ -177,7 +271,7 @@ WIRE_TYPES: dict[tuple[str, str], type] = {
     for cls in (
         ClientPut, ClientGet, StatusRequest, InspectRequest, SetFaults, Reply, GetResult,
         LocalObject, Hello, CoordinatePut, Built, ReplicaPut, Ack, ReplicaGet, ReplicaGetReply,
-        Heartbeat, DVVSet,
+        Gossip, RingChange, PutMany, BatchAck, GetMany, GetManyReply, TreeRequest, TreeReply, DVVSet,
         errors.InvalidRequest, errors.QuorumValueError, errors.QuorumFailed,
         errors.RequestTimeout, errors.StorageFull, errors.LeaderlessError,
     )

@@ -8,9 +8,9 @@ The node reads ``DIR/cluster.json`` and ``DIR/secret``, keeps its data in
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -26,8 +26,11 @@ from .config import ClusterConfig, load_secret
 from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
 from .membership import Membership
-from .messages import (Ack, Batch, Built, ClientGet, ClientPut, CoordinatePut, Heartbeat, InspectRequest, Reply,
-                       ReplicaGet, ReplicaGetReply, ReplicaPut, SetFaults, StatusRequest, Tick, Unreachable)
+from .messages import (Ack, Batch, BatchAck, Built, ClientGet, ClientPut, CoordinatePut, DeleteHints, Drop, GetMany,
+                       GetManyReply, Gossip, InspectRequest, PutMany, ReapCandidates, ReapCandidatesReply, Reply,
+                       ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, Tick, TreeReply,
+                       TreeRequest, Unreachable)
+from .repairer import RepairerActor, RepairSettings
 from .replica import ReplicaActor
 from .ring import Ring
 from .stats import Stats
@@ -36,8 +39,9 @@ from .transport import Connection, Transport
 log = logging.getLogger(__name__)
 
 TICK = 0.05
-_REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet)
+_REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates)
 _COORDINATOR = (Ack, Built, ReplicaGetReply)
+_REPAIRER = (BatchAck, GetManyReply, TreeReply, ReapCandidatesReply)
 
 
 class Node:
@@ -57,38 +61,51 @@ class Node:
     def start(self, blocked: list[str] | None = None, delay_ms: float = 0.0) -> None:
         config = self.config
         self.store = LmdbStore(str(self.data_dir / self.name / "store"), map_size=config.map_size)
-        actor_id = self.store.meta_get("actor_id")
-        if actor_id is None:   # a new (or wiped) store gets a new dot id, so old dots are never reused
-            actor_id = f"{self.name}.{secrets.token_hex(4)}".encode()
-            self.store.meta_put("actor_id", actor_id)
-        self.actor_id = actor_id.decode()
         self.incarnation = int(self.store.meta_get("incarnation") or b"0") + 1
         self.store.meta_put("incarnation", str(self.incarnation).encode())
 
         self.transport = Transport(self.name, self.secret, dict(config.nodes), self.deliver, self._undeliverable)
-        ring = Ring(config.nodes, partitions=config.partitions, target_n=min(config.n, len(config.nodes)))
-        self.membership = Membership(self.name, ring)
+        ring, version = self._load_ring()
+        self.membership = Membership(self.name, ring, version)
         send = self.transport.send
-        self.replica = ReplicaActor.start(self.name, self.actor_id, self.store, send, self.stats)
+        host, port = config.nodes[self.name]
+        self.gossiper = GossiperActor.start(
+            self.name, self.incarnation, (host, port), self.membership, dict(config.nodes), send,
+            add_peer=self.transport.add_peer, persist_ring=self._persist_ring, interval=config.gossip_interval,
+            phi_threshold=config.phi_threshold)
+        self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership)
         settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout)
         self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats)
-        self.gossiper = GossiperActor.start(self.name, self.incarnation, self.membership, self.transport.peers, send,
-                                            interval=config.gossip_interval, down_after=config.down_after)
+        self.repairer = RepairerActor.start(
+            self.name, self.store, self.membership, send, self.gossiper, self.stats,
+            RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,
+                           handoff_interval=config.handoff_interval, aae_interval=config.aae_interval,
+                           tombstone_grace=config.tombstone_grace, reap_interval=config.reap_interval))
         self.transport.block(blocked or ())
         self.transport.delay(delay_ms / 1000.0)
-        host, port = config.nodes[self.name]
         self.transport.listen(host, port)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.name}", daemon=True)
         self._ticker.start()
-        log.info("node %s (%s, incarnation %d) listening on %s:%d", self.name, self.actor_id, self.incarnation,
-                 host, port)
+        log.info("node %s (incarnation %d) listening on %s:%d", self.name, self.incarnation, host, port)
+
+    def _load_ring(self) -> tuple[Ring, int]:
+        """The ring this node last adopted, or the cluster's first ring at version 0 (any gossiped ring wins)."""
+        saved = self.store.meta_get("ring")
+        if saved is not None:
+            body = json.loads(saved)
+            return Ring.from_data(body["ring"]), int(body["version"])
+        nodes = self.config.initial_ring_nodes()
+        return Ring(nodes, partitions=self.config.partitions, target_n=min(self.config.n, len(nodes))), 0
+
+    def _persist_ring(self, ring: Ring, version: int) -> None:
+        self.store.meta_put("ring", json.dumps({"version": version, "ring": ring.to_data()}).encode())
 
     def stop(self) -> None:
         self._stopping.set()
         if self._ticker is not None:
             self._ticker.join(timeout=2)
         self.transport.stop()
-        for ref in (self.gossiper, self.coordinator, self.replica):
+        for ref in (self.repairer, self.gossiper, self.coordinator, self.replica):
             try:
                 ref.stop(timeout=5)
             except pykka.ActorDeadError:
@@ -97,8 +114,12 @@ class Node:
         log.info("node %s stopped", self.name)
 
     def wait(self) -> None:
-        while not self._stopping.wait(0.5):
-            pass
+        """Serve until asked to stop, or until this node has left the cluster."""
+        while not self._stopping.wait(0.2):
+            if self.membership.states.get(self.name) == "left":
+                log.info("node %s has left the cluster; stopping", self.name)
+                time.sleep(1.0)          # let the last gossip spread the news
+                return
 
     def request_stop(self, *_: Any) -> None:
         self._stopping.set()
@@ -110,6 +131,7 @@ class Node:
         to_replica: list[Any] = []
         to_coordinator: list[Any] = []
         to_gossiper: list[Any] = []
+        to_repairer: list[Any] = []
         for message in messages:
             if conn is not None:
                 if isinstance(message, (ClientPut, ClientGet)):
@@ -118,6 +140,8 @@ class Node:
                     to_replica.append(message._replace(reply_to=conn))
                 elif isinstance(message, StatusRequest):
                     conn.send(Reply(message.req_id, True, self.status()))
+                elif isinstance(message, RingChange):
+                    to_gossiper.append(message._replace(reply_to=conn))
                 elif isinstance(message, SetFaults):
                     self.transport.block(message.blocked)
                     self.transport.delay(message.delay_ms / 1000.0)
@@ -130,12 +154,14 @@ class Node:
                 to_replica.append(message)
             elif isinstance(message, _COORDINATOR):
                 to_coordinator.append(message)
-            elif isinstance(message, Heartbeat):
+            elif isinstance(message, _REPAIRER):
+                to_repairer.append(message)
+            elif isinstance(message, Gossip):
                 to_gossiper.append(message)
             else:
                 log.warning("node %s dropped unexpected peer message %s", self.name, type(message).__name__)
         for ref, batch in ((self.replica, to_replica), (self.coordinator, to_coordinator),
-                           (self.gossiper, to_gossiper)):
+                           (self.gossiper, to_gossiper), (self.repairer, to_repairer)):
             if batch:
                 try:
                     ref.tell(batch[0] if len(batch) == 1 else Batch(batch))
@@ -145,7 +171,8 @@ class Node:
     def _undeliverable(self, dest: str, messages: list[Any]) -> None:
         """Requests this node coordinates that could not reach ``dest``: fail them for that replica now."""
         lost = [Unreachable(m.req_id, dest) for m in messages
-                if isinstance(m, _REPLICA) and m.coordinator == self.name and getattr(m, "want_ack", True)]
+                if isinstance(m, (ReplicaPut, CoordinatePut, ReplicaGet)) and m.coordinator == self.name
+                and getattr(m, "want_ack", True)]
         if lost:
             try:
                 self.coordinator.tell(lost[0] if len(lost) == 1 else Batch(lost))
@@ -154,19 +181,31 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         host, port = self.config.nodes[self.name]
+        counts = self.stats.snapshot()
         return {
             "name": self.name,
             "up": True,
             "pid": os.getpid(),
             "address": [host, port],
-            "actor_id": self.actor_id,
             "incarnation": self.incarnation,
             "members": self.membership.states,
+            "ring_version": self.membership.ring_version,
+            "ring_nodes": list(self.membership.ring.nodes),
             "blocked": sorted(self.transport.blocked),
             "keys": self.store.count(),
             "hints_pending": self.store.hint_count(),
-            "counts": self.stats.snapshot(),
+            "hints_delivered": counts.get("hints.delivered", 0),
+            "hints_dropped": counts.get("hints.dropped", 0),
+            "read_repairs": counts.get("read_repairs", 0),
+            "aae_rounds": counts.get("aae.rounds", 0),
+            "aae_keys_repaired": counts.get("aae.keys_repaired", 0),
+            "aae_bytes": counts.get("aae.bytes", 0),
+            "handoff_pending": counts.get("handoff.pending", 0),
+            "handoff_keys": counts.get("handoff.keys", 0),
+            "tombstones_reaped": counts.get("tombstones.reaped", 0),
+            "counts": counts,
         }
+
 
     def _tick_loop(self) -> None:
         while not self._stopping.wait(TICK):
@@ -174,6 +213,7 @@ class Node:
             try:
                 self.coordinator.tell(tick)
                 self.gossiper.tell(tick)
+                self.repairer.tell(tick)
             except pykka.ActorDeadError:
                 return
 

@@ -1,37 +1,61 @@
-"""ReplicaActor: owns the node's store, applies writes, serves reads.
+"""ReplicaActor: owns the node's store, applies writes, serves reads and repair traffic.
 
 Group commit: writes are applied to an in-memory overlay of pending objects and
 acknowledged only after the one transaction holding them commits (with sync). The
-first write of a batch tells the actor a ``Flush``; every write that arrives before
-that ``Flush`` is dequeued (typically the ones that came in during the previous
-commit) joins the same transaction. Reads see the overlay, so consecutive writes to
-one key build on each other and concurrent puts get distinct dots.
+first write of a batch tells the actor a ``Flush``; every write dequeued before that
+``Flush`` (typically the ones that came in during the previous commit) joins the same
+transaction. Reads see the overlay, so consecutive writes to one key build on each
+other and concurrent puts get distinct dots.
 
 The coordinating replica of a put sends the built object (``Built``) as soon as it
 exists, so the other replicas' commits run alongside its own; its ``Ack`` follows
 the commit.
+
+The replica also keeps the node's Merkle tree (fed on every commit, rebuilt from the
+store on start) and answers the repairer's tree, batch-read and batch-write requests.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pykka
 
 from storage import versions
+from storage.merkle import SEGMENTS, MerkleTree
 from storage.store import Store, StoreFull
 from storage.versions import DVVSet
 
 from .errors import LeaderlessError, StorageFull
-from .messages import (Ack, Batch, Built, CoordinatePut, Flush, InspectRequest, LocalObject, Reply,
-                       ReplicaGet, ReplicaGetReply, ReplicaPut)
+from .membership import Membership
+from .messages import (Ack, Batch, BatchAck, Built, CoordinatePut, DeleteHints, Drop, Flush, GetMany, GetManyReply,
+                       InspectRequest, LocalObject, PutMany, ReapCandidates, ReapCandidatesReply, Reply, ReplicaGet,
+                       ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest)
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]
+
+
+def new_actor_id(name: str) -> str:
+    """The id in the dots this replica issues: new at every start and after every failed commit.
+
+    A coordinating replica sends a new object out before its own commit, so a dot can
+    reach other replicas without being durable here. Were the id reused after a crash or
+    a failed commit, the next write could get the same dot for another value, and sync
+    would silently drop one of them (Riak's kv679). A fresh id per incarnation rules that
+    out, at the price of one more version-vector entry per restart for keys written after it.
+    """
+    return f"{name}.{secrets.token_hex(4)}"
+
+
+def is_tombstone(obj: DVVSet | None) -> bool:
+    return obj is not None and all(v is None for v in versions.values(obj))
 
 
 def local_object(obj: DVVSet | None) -> LocalObject | None:
@@ -44,28 +68,45 @@ def local_object(obj: DVVSet | None) -> LocalObject | None:
 
 
 class ReplicaActor(pykka.ThreadingActor):
-    """Applies ``CoordinatePut``/``ReplicaPut`` durably and answers ``ReplicaGet``/``InspectRequest``."""
+    """Applies writes durably, answers reads, keeps the hash tree."""
 
-    def __init__(self, name: str, actor_id: str, store: Store, send: Send, stats: Stats) -> None:
+    def __init__(self, name: str, store: Store, send: Send, stats: Stats, membership: Membership,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.name = name
-        self.actor_id = actor_id          # the id in our dots: changes when the store is wiped (kv679)
+        self.actor_id = new_actor_id(name)
         self.store = store
         self.send = send
         self.stats = stats
+        self.membership = membership
+        self.clock = clock
+        self.tree = MerkleTree()
+        self.tombstones: dict[str, float] = {}      # key -> when this replica first held its tombstone
         self._pending: dict[str, DVVSet] = {}
         self._pending_hints: list[tuple[str, str, DVVSet]] = []
-        self._acks: list[tuple[str, Ack]] = []
+        self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
+
+    def on_start(self) -> None:
+        """Rebuild the hash tree (and the tombstone list) from the store."""
+        now = self.clock()
+        partition_of = self.membership.ring.partition_of
+        count = 0
+        for key, obj in self.store.items():
+            self.tree.update(partition_of(key), key, obj)
+            if is_tombstone(obj):
+                self.tombstones[key] = now
+            count += 1
+        log.info("replica %s: hash tree rebuilt over %d keys", self.name, count)
 
     # --- dispatch ----------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, Batch):
-            for item in message.messages:
+        for item in message.messages if isinstance(message, Batch) else (message,):
+            try:
                 self._handle(item)
-        else:
-            self._handle(message)
+            except Exception:  # one bad message must not stop the replica
+                log.exception("replica %s failed on %s", self.name, type(item).__name__)
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, ReplicaPut):
@@ -76,6 +117,21 @@ class ReplicaActor(pykka.ThreadingActor):
             self.send(message.coordinator, ReplicaGetReply(message.req_id, self.name, self._current(message.key)))
         elif isinstance(message, Flush):
             self._flush()
+        elif isinstance(message, PutMany):
+            self._put_many(message)
+        elif isinstance(message, GetMany):
+            objects = {key: self._current(key) for key in message.keys}
+            self.send(message.coordinator, GetManyReply(message.req_id, self.name, objects))
+        elif isinstance(message, TreeRequest):
+            self.send(message.coordinator, TreeReply(message.req_id, self.name, message.partition, message.level,
+                                                     self._tree_level(message)))
+        elif isinstance(message, Drop):
+            self._drop(message)
+        elif isinstance(message, DeleteHints):
+            self.store.delete_hints(message.hint_ids)
+        elif isinstance(message, ReapCandidates):
+            message_reply = ReapCandidatesReply(message.req_id, self._reap_candidates(message.grace))
+            self.send(self.name, message_reply)
         elif isinstance(message, InspectRequest):
             message.reply_to.send(Reply(message.req_id, True, local_object(self._current(message.key))))
         else:
@@ -90,31 +146,42 @@ class ReplicaActor(pykka.ThreadingActor):
     def _coordinate_put(self, message: CoordinatePut) -> None:
         obj = versions.update(self._current(message.key), message.context, message.value, self.actor_id)
         self.send(message.coordinator, Built(message.req_id, self.name, obj))
-        self._stage(message.key, obj, message.hint_for, message.coordinator, message.req_id)
+        self._stage(message.key, obj, message.hint_for)
+        self._acks.append((message.coordinator, Ack(message.req_id, self.name, True)))
 
     def _replica_put(self, message: ReplicaPut) -> None:
-        current = self._current(message.key)
-        merged = versions.sync(current, message.obj)
-        if current is not None and message.key not in self._pending and versions.equal(merged, current):
-            # Nothing new, and what we hold is already durable: acknowledge at once.
-            if message.want_ack:
-                self.send(message.coordinator, Ack(message.req_id, self.name, True))
-            if message.hint_for is not None:
-                self._stage_hint(message.hint_for, message.key, merged)
-            return
-        reply = message.coordinator if message.want_ack else None
-        self._stage(message.key, merged, message.hint_for, reply, message.req_id)
+        changed = self._merge(message.key, message.obj, message.hint_for)
+        if message.want_ack:
+            ack = Ack(message.req_id, self.name, True)
+            if changed or message.key in self._pending or message.hint_for is not None:
+                self._acks.append((message.coordinator, ack))
+                self._tell_flush()
+            else:
+                self.send(message.coordinator, ack)      # nothing new and already durable
 
-    def _stage(self, key: str, obj: DVVSet, hint_for: str | None, reply: str | None, req_id: int) -> None:
+    def _put_many(self, message: PutMany) -> None:
+        for key, obj in message.items:
+            self._merge(key, obj, None)
+        if message.want_ack:
+            self._acks.append((message.coordinator, BatchAck(message.req_id, self.name, True)))
+            self._tell_flush()
+
+    def _merge(self, key: str, obj: DVVSet, hint_for: str | None) -> bool:
+        """Sync ``obj`` into our copy; True when that changed it (staged for the next commit)."""
+        current = self._current(key)
+        merged = versions.sync(current, obj)
+        changed = current is None or not versions.equal(merged, current)
+        if changed:
+            self._stage(key, merged, hint_for)
+        elif hint_for is not None:
+            self._pending_hints.append((hint_for, key, merged))
+            self._tell_flush()
+        return changed
+
+    def _stage(self, key: str, obj: DVVSet, hint_for: str | None) -> None:
         self._pending[key] = obj
         if hint_for is not None:
             self._pending_hints.append((hint_for, key, obj))
-        if reply is not None:
-            self._acks.append((reply, Ack(req_id, self.name, True)))
-        self._tell_flush()
-
-    def _stage_hint(self, hint_for: str, key: str, obj: DVVSet) -> None:
-        self._pending_hints.append((hint_for, key, obj))
         self._tell_flush()
 
     def _tell_flush(self) -> None:
@@ -124,27 +191,85 @@ class ReplicaActor(pykka.ThreadingActor):
 
     def _flush(self) -> None:
         self._flush_told = False
-        if not self._pending and not self._pending_hints:
-            return
         objects, hints, acks = self._pending, self._pending_hints, self._acks
         self._pending, self._pending_hints, self._acks = {}, [], []
-        try:
-            self.store.apply(objects=objects.items(), hints=hints)
-        except StoreFull as exc:
-            log.error("replica %s: store full, %d writes refused: %s", self.name, len(objects), exc)
-            self.stats.incr("writes.refused_full", len(objects))
-            error = StorageFull(f"{self.name}: {exc}")
-            for dest, ack in acks:
-                self.send(dest, ack._replace(ok=False, error=error))
-            return
-        except Exception as exc:  # never ack what may not be durable
-            log.exception("replica %s: commit failed", self.name)
-            for dest, ack in acks:
-                self.send(dest, ack._replace(ok=False, error=LeaderlessError(f"{self.name}: commit failed: {exc}")))
-            return
-        self.stats.incr("replica.commits")
-        self.stats.incr("replica.writes", len(objects))
-        if hints:
-            self.stats.incr("hints.stored", len(hints))
+        if objects or hints:
+            try:
+                self.store.apply(objects=objects.items(), hints=hints)
+            except Exception as exc:  # never ack what may not be durable
+                full = isinstance(exc, StoreFull)
+                if full:
+                    log.error("replica %s: store full, %d writes refused: %s", self.name, len(objects), exc)
+                    self.stats.incr("writes.refused_full", len(objects))
+                else:
+                    log.exception("replica %s: commit failed", self.name)
+                error = (StorageFull if full else LeaderlessError)(f"{self.name}: {exc}")
+                self.actor_id = new_actor_id(self.name)     # dots sent out in Built were not stored here
+                for dest, ack in acks:
+                    self.send(dest, ack._replace(ok=False, error=error))
+                return
+            self.stats.incr("replica.commits")
+            self.stats.incr("replica.writes", len(objects))
+            if hints:
+                self.stats.incr("hints.stored", len(hints))
+            self._index(objects.items())
         for dest, ack in acks:
             self.send(dest, ack)
+
+    def _index(self, items: Any) -> None:
+        partition_of = self.membership.ring.partition_of
+        now = self.clock()
+        for key, obj in items:
+            self.tree.update(partition_of(key), key, obj)
+            if is_tombstone(obj):
+                self.tombstones.setdefault(key, now)
+            else:
+                self.tombstones.pop(key, None)
+
+    # --- repair support --------------------------------------------------------------------
+
+    def _tree_level(self, request: TreeRequest) -> Any:
+        """One level of the tree; "partitions" and "objects" serve the local repairer's handoff."""
+        level, partition = request.level, request.partition
+        if level == "buckets":
+            return self.tree.buckets(partition)
+        if level == "segments":
+            return self.tree.segments(partition, request.which)
+        if level == "keys":
+            return self.tree.keys(partition, request.which)
+        if level == "partitions":
+            return {p: self.tree.key_count(p) for p in self.tree.partitions()}
+        if level == "objects":
+            limit = request.which[0] if request.which else 500
+            keys = sorted(self.tree.keys(partition, range(SEGMENTS)))[:limit]
+            return [(key, obj) for key in keys if (obj := self._current(key)) is not None]
+        raise ValueError(f"unknown tree level {level!r}")
+
+    def _drop(self, message: Drop) -> None:
+        """Delete keys whose current object still equals the one given (nothing newer arrived meanwhile)."""
+        if self._pending:
+            self._flush()          # compare against durable state only
+        doomed = [key for key, obj in message.items
+                  if (current := self.store.get(key)) is not None and versions.equal(current, obj)]
+        if not doomed:
+            return
+        self.store.apply(deletes=doomed)
+        partition_of = self.membership.ring.partition_of
+        for key in doomed:
+            self.tree.update(partition_of(key), key, None)
+            self.tombstones.pop(key, None)
+        self.stats.incr(f"dropped.{message.reason}", len(doomed))
+
+    def _reap_candidates(self, grace: float) -> list[tuple[str, DVVSet]]:
+        """Tombstones older than ``grace`` in keys this node leads (first primary), at most 500."""
+        limit = self.clock() - grace
+        out: list[tuple[str, DVVSet]] = []
+        ring = self.membership.ring
+        for key, since in list(self.tombstones.items()):
+            if since <= limit and ring.primaries(key, 1)[0] == self.name:
+                obj = self.store.get(key)
+                if is_tombstone(obj):
+                    out.append((key, obj))  # type: ignore[arg-type]
+                if len(out) >= 500:
+                    break
+        return out

@@ -141,6 +141,11 @@ def _moved(new: Sequence[str], old: Sequence[str]) -> int:
     return sum(1 for a, b in zip(new, old) if a != b)
 
 
+def _balanced(owners: Sequence[str], nodes: int) -> bool:
+    counts = Counter(owners)
+    return len(counts) == nodes and max(counts.values()) - min(counts.values()) <= 1
+
+
 def _bounds(partitions: int, nodes: int) -> tuple[int, int]:
     """The partition counts a balanced ring of ``nodes`` nodes allows: floor and ceil of Q/S."""
     return partitions // nodes, -(-partitions // nodes)
@@ -261,7 +266,7 @@ def _fresh_layout(nodes: tuple[str, ...], partitions: int, target_n: int) -> tup
         return tuple(seq)
     if span == s and rest:
         return tuple(seq)   # a period-S ring cannot close: Q mod S clashing pairs at the seam, as documented
-    for back in range(rounds + 1):
+    for back in range(min(rounds, 3) + 1):   # two whole rounds have always been enough for target_n <= 5
         start = (rounds - back) * s
         if start == q:
             continue
@@ -322,7 +327,9 @@ def _steal(old: Sequence[str], new: str, target_n: int) -> list[str] | None:
     takes one slot in each arc, among the arc's first ``len - t + 1`` slots, so
     any two of its slots are at least ``t`` apart. Which donor gives up a slot
     in which arc is a matching with quotas. Each donor ends at floor or ceil of
-    Q/(S+1). Arcs are shifted one slot at a time until a matching exists.
+    Q/(S+1). Arcs are shifted one slot at a time until a matching exists. If
+    the old ring has clashes (the unavoidable seam of ``S == t``), the new node
+    is steered onto them, and the shift that leaves the fewest clashes wins.
     """
     q = len(old)
     counts = Counter(old)
@@ -337,10 +344,16 @@ def _steal(old: Sequence[str], new: str, target_n: int) -> list[str] | None:
     offs = _offsets(q, span)
     hot = {i for i in range(q) if _clashes_at(old, i, offs)}
     donors = sorted(counts, key=lambda z: (-counts[z], z))
+    best: list[str] | None = None
+    best_clashes = 0
     for shift in range(q // take):
         arcs = [(shift + j * q // take, (j + 1) * q // take - j * q // take) for j in range(take)]
         slots = [[(a + o) % q for o in range(length - span + 1)] for a, length in arcs]
-        adj = [[z for z in donors if high[z] > 0 and any(old[p] == z for p in arc)] for arc in slots]
+        adj = []
+        for arc in slots:
+            owned = {old[p] for p in arc}
+            fixes = {old[p] for p in arc if p in hot}
+            adj.append(sorted((z for z in donors if high[z] > 0 and z in owned), key=lambda z: z not in fixes))
         chosen = _match(adj, low, high)
         if chosen is None:
             continue
@@ -350,8 +363,12 @@ def _steal(old: Sequence[str], new: str, target_n: int) -> list[str] | None:
             pick = min((k for k, p in enumerate(arc) if old[p] == z),
                        key=lambda k: (arc[k] not in hot, abs(2 * k - middle), k))
             result[arc[pick]] = new
-        return result
-    return None
+        clashes = _clashes(result, span) if hot else 0
+        if best is None or clashes < best_clashes:
+            best, best_clashes = result, clashes
+        if best_clashes == 0:
+            break
+    return best
 
 
 def _handoff(old: Sequence[str], gone: str, span: int) -> list[str] | None:
@@ -408,56 +425,81 @@ def _repair(owners: list[str], original: Sequence[str], span: int) -> list[str]:
 
     Each step takes the first clashing slot that can be improved and applies its
     best move. Fewest clashes first, then fewest partitions away from
-    ``original``. Stops when clash-free or stuck.
+    ``original``. When no single move helps and only a few clashes are left, a
+    sideways move next to a clash followed by an improving move is tried. Stops
+    when clash-free or stuck.
     """
     q = len(owners)
     offs = _offsets(q, span)
     counts = Counter(owners)
     floor_, ceil_ = _bounds(q, len(counts))
     names = sorted(counts)
-    budget = 4 * _clashes(owners, span) + 8
-    for _ in range(budget):
+    Move = tuple[int, int, str]   # (i, j, b): swap slots i and j if j >= 0, else give slot i to b
+
+    def flip(move: Move) -> None:
+        i, j, b = move
+        if j >= 0:
+            owners[i], owners[j] = owners[j], owners[i]
+        else:
+            counts[owners[i]] -= 1
+            counts[b] += 1
+            owners[i] = b
+
+    def score(move: Move) -> tuple[int, int]:
+        """(change in clashes, change in partitions away from ``original``) if ``move`` were applied."""
+        i, j, _ = move
+        touched = (i, j) if j >= 0 else (i,)
+        before = [owners[k] for k in touched]
+        was = sum(_clashes_at(owners, k, offs) for k in touched)
+        undo: Move = (i, j, owners[i])
+        flip(move)
+        now = sum(_clashes_at(owners, k, offs) for k in touched)
+        after = [owners[k] for k in touched]
+        flip(undo)
+        cost = sum((x != original[k]) - (y != original[k]) for k, x, y in zip(touched, after, before))
+        return now - was, cost
+
+    def moves_of(i: int, partners: Iterable[int]) -> list[Move]:
+        a = owners[i]
+        found: list[Move] = [(i, j, "") for j in partners if owners[j] != a]
+        if ceil_ > floor_ and counts[a] == ceil_:
+            found += [(i, -1, b) for b in names if b != a and counts[b] == floor_]
+        return found
+
+    def best_fix(hot: list[int]) -> Move | None:
+        for i in hot:
+            improving = [(sc, m) for m in moves_of(i, range(q)) if (sc := score(m))[0] < 0]
+            if improving:
+                return min(improving, key=lambda x: (x[0], x[1][1], x[1][2]))[1]
+        return None
+
+    for _ in range(4 * _clashes(owners, span) + 8):
         hot = [i for i in range(q) if _clashes_at(owners, i, offs)]
         if not hot:
             break
-        applied = False
+        move = best_fix(hot)
+        if move is not None:
+            flip(move)
+            continue
+        if len(hot) > 2 * span:
+            break
+        fixed = False
         for i in hot:
-            a = owners[i]
-            here = _clashes_at(owners, i, offs)
-            best: tuple[int, int, int] | None = None
-            move: tuple[str, int] | None = None
-            if ceil_ > floor_ and counts[a] == ceil_:
-                for b in names:
-                    if b == a or counts[b] != floor_:
-                        continue
-                    owners[i] = b
-                    key = (_clashes_at(owners, i, offs) - here, (b != original[i]) - (a != original[i]), -1)
-                    owners[i] = a
-                    if key[0] < 0 and (best is None or key < best):
-                        best, move = key, (b, -1)
-            for j in range(q):
-                b = owners[j]
-                if b == a:
+            near = sorted({(i + o) % q for o in _offsets(q, 2 * span)})
+            for first in moves_of(i, near):
+                if score(first)[0] > 0:
                     continue
-                before = here + _clashes_at(owners, j, offs)
-                owners[i], owners[j] = b, a
-                after = _clashes_at(owners, i, offs) + _clashes_at(owners, j, offs)
-                owners[i], owners[j] = a, b
-                cost = (b != original[i]) + (a != original[j]) - (a != original[i]) - (b != original[j])
-                key = (after - before, cost, j)
-                if key[0] < 0 and (best is None or key < best):
-                    best, move = key, (b, j)
-            if move is not None:
-                b, j = move
-                if j < 0:
-                    counts[a] -= 1
-                    counts[b] += 1
-                    owners[i] = b
-                else:
-                    owners[i], owners[j] = b, a
-                applied = True
+                undo: Move = (first[0], first[1], owners[first[0]])
+                flip(first)
+                second = best_fix([k for k in range(q) if _clashes_at(owners, k, offs)])
+                if second is not None:
+                    flip(second)
+                    fixed = True
+                    break
+                flip(undo)
+            if fixed:
                 break
-        if not applied:
+        if not fixed:
             break
     return owners
 
@@ -492,39 +534,42 @@ def _realign(layout: Sequence[str], old: Sequence[str]) -> list[str]:
 
 
 def _choose(options: Iterable[list[str]], old: Sequence[str], span: int) -> list[str]:
+    """The option with the fewest clashes, then the fewest moved partitions (then the first)."""
     return min(options, key=lambda o: (_clashes(o, span), _moved(o, old)))
 
 
-def _grow(old: Sequence[str], new: str, target_n: int) -> list[str]:
+def _settle(old: Sequence[str], candidate: list[str] | None, nodes: tuple[str, ...], target_n: int) -> list[str]:
+    """Keep ``candidate`` if it is as clash-free as a fresh claim; else the best of repairing it and re-laying.
+
+    Repair is skipped where it cannot reach a fresh claim's quality: with as
+    many nodes as ``t`` the ring must be (almost) periodic, which a few swaps do
+    not make out of a different layout.
+    """
     q = len(old)
-    nodes = tuple(sorted(set(old) | {new}))
     span = min(target_n, len(nodes))
     layout = _fresh_layout(nodes, q, target_n)
-    floor_clashes = _clashes(layout, span)
-    candidate = _steal(old, new, target_n)
-    if candidate is not None and _clashes(candidate, span) <= floor_clashes:
+    if candidate is not None and not _balanced(candidate, len(nodes)):
+        candidate = None   # only when the old ring was not balanced (a hand-made table from from_data)
+    if candidate is not None and _clashes(candidate, span) <= _clashes(layout, span):
         return candidate
     options = [_realign(layout, old)]
-    if candidate is not None and _clashes(candidate, span) <= q // 2:
+    if candidate is not None and len(nodes) > span and _clashes(candidate, span) <= q // 2:
         options.append(_repair(candidate, old, span))
     return _choose(options, old, span)
+
+
+def _grow(old: Sequence[str], new: str, target_n: int) -> list[str]:
+    nodes = tuple(sorted(set(old) | {new}))
+    return _settle(old, _steal(old, new, target_n), nodes, target_n)
 
 
 def _shrink(old: Sequence[str], gone: str, target_n: int) -> list[str]:
-    q = len(old)
     nodes = tuple(sorted(set(old) - {gone}))
     span = min(target_n, len(nodes))
-    layout = _fresh_layout(nodes, q, target_n)
-    floor_clashes = _clashes(layout, span)
     candidate = _handoff(old, gone, span)
-    if candidate is not None and _clashes(candidate, span) <= floor_clashes:
-        return candidate
     if candidate is None:
         candidate = _greedy_handoff(old, gone, span)
-    options = [_realign(layout, old)]
-    if _clashes(candidate, span) <= q // 2:
-        options.append(_repair(candidate, old, span))
-    return _choose(options, old, span)
+    return _settle(old, candidate, nodes, target_n)
 
 
 # --------------------------------------------------------------------------- the ring
@@ -552,14 +597,14 @@ def _walks(owners: Sequence[str], size: int) -> tuple[tuple[str, ...], ...]:
     return tuple(table)
 
 
-def _ring_from_data(data: dict) -> Ring:
+def _ring_from_data(data: dict[str, Any]) -> Ring:
     return Ring.from_data(data)
 
 
 class Ring:
     """An immutable partition ring: who owns each of Q partitions, and preference lists from it."""
 
-    __slots__ = ("nodes", "partitions", "target_n", "owners", "_shift", "_table")
+    __slots__ = ("_shift", "_table", "nodes", "owners", "partitions", "target_n")
 
     nodes: tuple[str, ...]
     partitions: int
@@ -605,7 +650,7 @@ class Ring:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Ring is immutable (tried to delete {name})")
 
-    def __reduce__(self) -> tuple[Any, tuple[dict]]:
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
         return _ring_from_data, (self.to_data(),)
 
     # ----------------------------------------------------------------------- lookups
@@ -698,12 +743,12 @@ class Ring:
 
     # ----------------------------------------------------------------------- encoding
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, Any]:
         """Builtins only, for gossip and pickling: ``{"partitions", "target_n", "owners"}``."""
         return {"partitions": self.partitions, "target_n": self.target_n, "owners": list(self.owners)}
 
     @classmethod
-    def from_data(cls, data: dict) -> Ring:
+    def from_data(cls, data: dict[str, Any]) -> Ring:
         """Decode :meth:`to_data` output, checking its shape. Any ownership table of valid names is accepted."""
         if not isinstance(data, Mapping):
             raise RingError(f"ring data must be a dict, got {type(data).__name__}")

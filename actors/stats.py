@@ -21,6 +21,11 @@ class Stats:
         with self._lock:
             self._counts[name] += amount
 
+    def set(self, name: str, value: int) -> None:
+        """A gauge: the current value of something (not a running count)."""
+        with self._lock:
+            self._counts[name] = value
+
     def get(self, name: str) -> int:
         with self._lock:
             return self._counts[name]

@@ -149,6 +149,7 @@ class PeerLink:
         self._secret = secret
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sock: socket.socket | None = None
+        self._broken: socket.socket | None = None
         self._retry_at = 0.0
         self.dropped = 0
         self._thread = threading.Thread(target=self._loop, name=f"link-{me}-{peer}", daemon=True)
@@ -160,6 +161,10 @@ class PeerLink:
     def stop(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=2)
+
+    def peer_alive(self) -> None:
+        """The peer just talked to us: a failed connect is worth retrying at once."""
+        self._retry_at = 0.0
 
     def _connect(self) -> socket.socket | None:
         now = time.monotonic()
@@ -179,7 +184,20 @@ class PeerLink:
             sock.close()
             self._retry_at = now + RECONNECT_BACKOFF
             return None
+        threading.Thread(target=self._watch, args=(sock,), name=f"link-watch-{self.me}-{self.peer}",
+                         daemon=True).start()
         return sock
+
+    def _watch(self, sock: socket.socket) -> None:
+        """The peer never writes on this link: any end of the read side means the peer is gone
+        (a restarted peer resets the old connection), so the next send reconnects instead of
+        writing into a dead socket."""
+        try:
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+        self._broken = sock
 
     def _loop(self) -> None:
         while True:
@@ -187,6 +205,9 @@ class PeerLink:
             if item is _STOP:
                 break
             items, stop = _drain(self._queue, item, _data_size)
+            if self._sock is not None and self._sock is self._broken:
+                self._sock.close()
+                self._sock = None
             if self._sock is None:
                 self._sock = self._connect()
             sent = False
@@ -408,6 +429,9 @@ class Transport:
         if conn.kind == "peer":
             if conn.name in self._blocked:
                 return
+            link = self._links.get(conn.name)
+            if link is not None:
+                link.peer_alive()
             if self._delay:
                 assert self._delay_line is not None
                 self._delay_line.call_at(time.monotonic() + self._delay, lambda: self._deliver(messages, None))
