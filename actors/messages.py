@@ -266,13 +266,15 @@ class Flush(NamedTuple):
     """Replica: commit everything pending in one transaction."""
 
 
+_INTERNAL = (Batch, Tick, Flush)
 WIRE_TYPES: dict[tuple[str, str], type] = {
     (cls.__module__, cls.__name__): cls
-    for cls in (
-        ClientPut, ClientGet, StatusRequest, InspectRequest, SetFaults, Reply, GetResult,
-        LocalObject, Hello, CoordinatePut, Built, ReplicaPut, Ack, ReplicaGet, ReplicaGetReply,
-        Gossip, RingChange, PutMany, BatchAck, GetMany, GetManyReply, TreeRequest, TreeReply, DVVSet,
+    for cls in [
+        *(obj for obj in list(globals().values())
+          if isinstance(obj, type) and issubclass(obj, tuple) and obj.__module__ == __name__ and obj not in _INTERNAL),
+        DVVSet,
         errors.InvalidRequest, errors.QuorumValueError, errors.QuorumFailed,
         errors.RequestTimeout, errors.StorageFull, errors.LeaderlessError,
-    )
+    ]
 }
+"""Every class a frame may name: this module's messages (not the in-process ones), DVVSet, errors."""

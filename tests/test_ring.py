@@ -23,9 +23,9 @@ quick = settings(max_examples=60, deadline=None)
 measured = settings(max_examples=40, deadline=None, derandomize=True)
 
 
-def repeats(ring: Ring, span: int | None = None) -> int:
-    """Pairs of partitions less than ``span`` apart (cyclically) with the same owner; 0 = distinct neighbours."""
-    span = min(ring.target_n, len(ring.nodes)) if span is None else span
+def repeats(ring: Ring) -> int:
+    """Pairs of partitions less than ``t`` apart (cyclically) with the same owner; 0 = distinct neighbours."""
+    span = min(ring.target_n, len(ring.nodes))
     q, owners = ring.partitions, ring.owners
     near = {d % q for d in range(1, span)} | {-d % q for d in range(1, span)}
     near.discard(0)
@@ -341,7 +341,7 @@ def test_rings_are_equal_and_hash_alike_on_partitions_and_owners_only() -> None:
     (lambda: Ring(["a", "b", "a"]), "duplicate nodes: a"),
     (lambda: Ring("abc"), "iterable of names"),
     (lambda: Ring(["a", ""]), "non-empty strings"),
-    (lambda: Ring(["a", 7]), "non-empty strings"),
+    (lambda: Ring(["a", 7]), "non-empty strings"),  # type: ignore[list-item]
     (lambda: Ring(["a"], partitions=100), "power of two"),
     (lambda: Ring(["a"], partitions=4), "power of two >= 8"),
     (lambda: Ring(["a"], partitions=True), "must be an int"),
