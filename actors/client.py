@@ -197,8 +197,12 @@ class Client:
     def inspect(self, node: str, key: str, timeout: float = 5.0) -> LocalObject | None:
         return self._connection(node).request(InspectRequest, key).get(timeout)
 
-    def set_faults(self, node: str, blocked: Iterable[str] = (), delay_ms: float = 0.0, timeout: float = 5.0) -> None:
-        self._connection(node).request(SetFaults, tuple(blocked), float(delay_ms)).get(timeout)
+    def set_faults(self, node: str, blocked: Iterable[str] = (), delay_ms: float = 0.0, loss: float = 0.0,
+                   duplicate: float = 0.0, reorder_ms: float = 0.0, clock_skew: float = 0.0,
+                   timeout: float = 5.0) -> None:
+        """Replace every fault injected into ``node`` (see ``messages.SetFaults``)."""
+        self._connection(node).request(SetFaults, tuple(blocked), float(delay_ms), float(loss), float(duplicate),
+                                       float(reorder_ms), float(clock_skew)).get(timeout)
 
     def close(self) -> None:
         with self._lock:

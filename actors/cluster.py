@@ -13,6 +13,7 @@ process this object started, by PID: SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import shutil
@@ -72,8 +73,7 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._client: Client | None = None
-        self._blocked: dict[str, set[str]] = {}
-        self._delays: dict[str, float] = {}
+        self._faults: dict[str, dict[str, Any]] = {}     # node -> SetFaults fields in force
         existing = (self.data_dir / "cluster.json").exists()
         if existing:
             self.config = ClusterConfig.load(self.data_dir)
@@ -143,6 +143,7 @@ class LocalCluster:
             self._client = None
         for proc in self._procs.values():
             if proc.poll() is None:
+                _signal(proc, signal.SIGCONT)      # a paused node cannot act on SIGTERM
                 _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         for name, proc in self._procs.items():
@@ -267,33 +268,61 @@ class LocalCluster:
         groups = [list(g) for g in groups]
         named = [node for g in groups for node in g]
         self._check(named)
-        blocked = {node: set() for node in self.nodes}
+        for node in self.nodes:
+            self._faults.setdefault(node, {})["blocked"] = []
         for group in groups:
-            others = [n for n in named if n not in group]
             for node in group:
-                blocked[node].update(others)
-        self._apply_faults(blocked)
+                self._faults[node]["blocked"] = sorted(n for n in named if n not in group)
+        self._push_faults()
 
     def isolate(self, name: str) -> None:
         """Cut one node off from every other."""
         self.partition([name], [n for n in self.nodes if n != name])
 
     def heal(self) -> None:
-        """Remove every partition and every slowdown."""
-        self._delays = {}
-        self._apply_faults({node: set() for node in self.nodes})
+        """Remove every network fault: partitions, slowness, loss, duplication, reordering.
+
+        Clock skew is not a network fault and stays until ``skew_clock(node, 0)``.
+        """
+        for node in self.nodes:
+            skew = self._faults.get(node, {}).get("clock_skew", 0.0)
+            self._faults[node] = {"clock_skew": skew} if skew else {}
+        self._push_faults()
 
     def slow(self, name: str, delay_ms: float = 50) -> None:
         """Delay every message to and from ``name`` by ``delay_ms`` (0 restores it)."""
-        self._check([name])
-        self._delays[name] = delay_ms
-        self._apply_faults(self._blocked)
+        self._set_fault(name, delay_ms=float(delay_ms))
 
-    def _apply_faults(self, blocked: dict[str, set[str]]) -> None:
-        self._blocked = blocked
-        for node in self.nodes:
+    def degrade(self, name: str, loss: float = 0.0, duplicate: float = 0.0, reorder_ms: float = 0.0) -> None:
+        """Messages ``name`` sends to peers are lost / duplicated with these probabilities and
+        held a random 0..reorder_ms, so they arrive out of order."""
+        for label, rate in (("loss", loss), ("duplicate", duplicate)):
+            if not 0.0 <= rate <= 1.0:
+                raise InvalidRequest(f"{label}={rate} must be a probability between 0 and 1")
+        self._set_fault(name, loss=float(loss), duplicate=float(duplicate), reorder_ms=float(reorder_ms))
+
+    def skew_clock(self, name: str, seconds: float) -> None:
+        """Move ``name``'s wall clock by ``seconds`` (what its hybrid logical clock reads)."""
+        self._set_fault(name, clock_skew=float(seconds))
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP the node's process: it stops answering without closing a single connection."""
+        _signal(self._proc(name), signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a paused node."""
+        _signal(self._proc(name), signal.SIGCONT)
+
+    def _set_fault(self, name: str, **fields: Any) -> None:
+        self._check([name])
+        self._faults.setdefault(name, {}).update(fields)
+        self._push_faults([name])
+
+    def _push_faults(self, nodes: Iterable[str] | None = None) -> None:
+        for node in nodes if nodes is not None else self.nodes:
             if self.is_running(node):
-                self._admin().set_faults(node, sorted(blocked.get(node, ())), self._delays.get(node, 0.0))
+                faults = self._faults.get(node, {})
+                self._admin().set_faults(node, **faults)
 
     # --- observation -----------------------------------------------------------------------
 
@@ -335,7 +364,8 @@ class LocalCluster:
         raise ClusterUnavailable(f"nodes {', '.join(wanted)} did not all see each other within the timeout: {last}")
 
     def _reachable(self, a: str, b: str) -> bool:
-        return b not in self._blocked.get(a, ()) and a not in self._blocked.get(b, ())
+        return (b not in self._faults.get(a, {}).get("blocked", ())
+                and a not in self._faults.get(b, {}).get("blocked", ()))
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -345,10 +375,8 @@ class LocalCluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         faults = []     # a node (re)started during a fault is under it from its first message
-        if self._blocked.get(name):
-            faults += ["--blocked", ",".join(sorted(self._blocked[name]))]
-        if self._delays.get(name):
-            faults += ["--delay-ms", str(self._delays[name])]
+        if self._faults.get(name):
+            faults = ["--faults", json.dumps(self._faults[name])]
         with open(node_dir / "node.log", "ab") as logfile:
             self._procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "actors.node", "--data-dir", str(self.data_dir), "--name", name, *faults],

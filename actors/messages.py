@@ -54,14 +54,21 @@ class InspectRequest(NamedTuple):
 
 
 class SetFaults(NamedTuple):
-    """Fault injection on the receiving node's transport.
+    """Fault injection on the receiving node (replaces every earlier fault of that node).
 
     ``blocked``: peers whose messages are dropped both ways (a partition);
-    ``delay_ms``: every peer message to or from this node is delayed that long.
+    ``delay_ms``: every peer message to or from this node is delayed that long;
+    ``loss`` / ``duplicate``: probability that a message this node sends to a peer is
+    dropped / sent twice; ``reorder_ms``: each such message is held a random 0..reorder_ms
+    (so messages overtake each other); ``clock_skew``: seconds added to this node's wall clock.
     """
     req_id: int
     blocked: tuple[str, ...] = ()
     delay_ms: float = 0.0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder_ms: float = 0.0
+    clock_skew: float = 0.0
     reply_to: Any = None
 
 

@@ -33,7 +33,7 @@ from .messages import (Ack, Batch, BatchAck, Built, ClientGet, ClientPut, Coordi
 from .repairer import RepairerActor, RepairSettings
 from .replica import ReplicaActor
 from .ring import Ring
-from .stats import Stats
+from .stats import Stats, WallClock
 from .transport import Connection, Transport
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,11 @@ class Node:
         self.config = config
         self.secret = secret
         self.stats = Stats()
+        self.wall = WallClock()
         self._stopping = threading.Event()
         self._ticker: threading.Thread | None = None
 
-    def start(self, blocked: list[str] | None = None, delay_ms: float = 0.0) -> None:
+    def start(self, faults: SetFaults | None = None) -> None:
         config = self.config
         self.store = LmdbStore(str(self.data_dir / self.name / "store"), map_size=config.map_size)
         self.incarnation = int(self.store.meta_get("incarnation") or b"0") + 1
@@ -81,8 +82,7 @@ class Node:
             RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,
                            handoff_interval=config.handoff_interval, aae_interval=config.aae_interval,
                            tombstone_grace=config.tombstone_grace, reap_interval=config.reap_interval))
-        self.transport.block(blocked or ())
-        self.transport.delay(delay_ms / 1000.0)
+        self.apply_faults(faults or SetFaults(0))
         self.transport.listen(host, port)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.name}", daemon=True)
         self._ticker.start()
@@ -143,8 +143,7 @@ class Node:
                 elif isinstance(message, RingChange):
                     to_gossiper.append(message._replace(reply_to=conn))
                 elif isinstance(message, SetFaults):
-                    self.transport.block(message.blocked)
-                    self.transport.delay(message.delay_ms / 1000.0)
+                    self.apply_faults(message)
                     conn.send(Reply(message.req_id, True, None))
                 else:
                     log.warning("closing client %s: unexpected %s", conn.name, type(message).__name__)
@@ -167,6 +166,13 @@ class Node:
                     ref.tell(batch[0] if len(batch) == 1 else Batch(batch))
                 except pykka.ActorDeadError:
                     log.debug("node %s is stopping; %d messages dropped", self.name, len(batch))
+
+    def apply_faults(self, faults: SetFaults) -> None:
+        self.transport.block(faults.blocked)
+        self.transport.delay(faults.delay_ms / 1000.0)
+        self.transport.degrade(faults.loss, faults.duplicate, faults.reorder_ms / 1000.0)
+        self.wall.skew = faults.clock_skew
+        self.faults = faults._replace(reply_to=None)
 
     def _undeliverable(self, dest: str, messages: list[Any]) -> None:
         """Requests this node coordinates that could not reach ``dest``: fail them for that replica now."""
@@ -192,6 +198,8 @@ class Node:
             "ring_version": self.membership.ring_version,
             "ring_nodes": list(self.membership.ring.nodes),
             "blocked": sorted(self.transport.blocked),
+            "faults": {k: v for k, v in self.faults._asdict().items() if k not in ("req_id", "reply_to") and v},
+            "wall_clock": self.wall.now(),
             "keys": self.store.count(),
             "hints_pending": self.store.hint_count(),
             "hints_delivered": counts.get("hints.delivered", 0),
@@ -222,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.node", description="Run one leaderless node.")
     parser.add_argument("--data-dir", required=True, help="the cluster's data directory")
     parser.add_argument("--name", required=True, help="this node's name in cluster.json")
-    parser.add_argument("--blocked", default="", help="comma-separated peers to start partitioned from")
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="start slowed down by this much")
+    parser.add_argument("--faults", default="", help="JSON of SetFaults fields to start under (used by LocalCluster)")
     parser.add_argument("--log-level", default=os.environ.get("LEADERLESS_LOG", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -232,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     node = Node(args.name, args.data_dir, config, load_secret(args.data_dir))
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
-    node.start(blocked=[p for p in args.blocked.split(",") if p], delay_ms=args.delay_ms)
+    faults = json.loads(args.faults) if args.faults else {}
+    faults["blocked"] = tuple(faults.get("blocked", ()))
+    node.start(SetFaults(0, **faults))
     node.wait()
     node.stop()
     return 0

@@ -7,6 +7,7 @@ increments exact (uncontended, it costs well under a microsecond).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 
@@ -33,3 +34,15 @@ class Stats:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(sorted(self._counts.items()))
+
+
+class WallClock:
+    """The node's wall clock: ``time.time()`` plus an injected skew (a clock fault)."""
+
+    __slots__ = ("skew",)
+
+    def __init__(self, skew: float = 0.0) -> None:
+        self.skew = skew
+
+    def now(self) -> float:
+        return time.time() + self.skew

@@ -18,6 +18,7 @@ import heapq
 import itertools
 import logging
 import queue
+import random
 import socket
 import threading
 import time
@@ -281,6 +282,8 @@ class Transport:
         self._listener: socket.socket | None = None
         self._blocked: frozenset[str] = frozenset()
         self._delay = 0.0
+        self._loss = self._duplicate = self._reorder = 0.0
+        self._rng = random.Random()
         self._delay_line: DelayLine | None = None
         self.address: tuple[str, int] | None = None
         self.refused = 0
@@ -325,6 +328,15 @@ class Transport:
             self._delay_line = DelayLine()
         self._delay = max(0.0, seconds)
 
+    def degrade(self, loss: float = 0.0, duplicate: float = 0.0, reorder_s: float = 0.0,
+                seed: int | None = None) -> None:
+        """Lose, duplicate and reorder messages this node sends to peers, at the given rates."""
+        if reorder_s > 0 and self._delay_line is None:
+            self._delay_line = DelayLine()
+        self._loss, self._duplicate, self._reorder = loss, duplicate, max(0.0, reorder_s)
+        if seed is not None:
+            self._rng.seed(seed)
+
     @property
     def blocked(self) -> frozenset[str]:
         return self._blocked
@@ -347,11 +359,19 @@ class Transport:
         if dest in self._blocked:
             return
         data = encode(message)
-        if self._delay:
-            assert self._delay_line is not None
-            self._delay_line.call_at(time.monotonic() + self._delay, lambda: self._send_now(dest, data, message))
-        else:
-            self._send_now(dest, data, message)
+        copies = 1
+        if self._loss or self._duplicate:
+            if self._rng.random() < self._loss:
+                return
+            if self._rng.random() < self._duplicate:
+                copies = 2
+        for _ in range(copies):
+            hold = self._delay + (self._rng.uniform(0, self._reorder) if self._reorder else 0.0)
+            if hold:
+                assert self._delay_line is not None
+                self._delay_line.call_at(time.monotonic() + hold, lambda: self._send_now(dest, data, message))
+            else:
+                self._send_now(dest, data, message)
 
     def _send_now(self, dest: str, data: bytes, message: Any) -> None:
         link = self._link(dest)

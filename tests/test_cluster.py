@@ -281,3 +281,49 @@ def test_a_node_restarted_during_a_partition_stays_partitioned_until_heal(make_c
     assert cluster.status()["n1"]["members"] == {"n1": "up", "n2": "down", "n3": "down"}
     cluster.heal()
     wait_for(lambda: cluster.status()["n1"]["members"] == {"n1": "up", "n2": "up", "n3": "up"})
+
+
+def test_a_paused_node_is_marked_down_writes_go_on_and_it_comes_back_on_resume(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    cluster.pause("n3")
+    try:
+        wait_for(lambda: all(cluster.status()[n]["members"]["n3"] == "down" for n in ("n1", "n2")))
+        with cluster.client(nodes=["n1", "n2"]) as client:
+            client.put("paused", b"still", w=2)
+    finally:
+        cluster.resume("n3")
+    wait_for(lambda: all(s["members"]["n3"] == "up" for s in cluster.status().values()))
+    with cluster.client(nodes=["n3"]) as client:
+        assert client.get("paused", r=3).values == [b"still"]
+
+
+def test_duplicated_and_reordered_messages_change_no_result(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    for node in cluster.nodes:
+        cluster.degrade(node, duplicate=0.5, reorder_ms=20)
+    client = cluster.client()
+    for i in range(50):
+        client.put(f"dup{i}", b"once", w=3)
+    assert all(client.get(f"dup{i}", r=3).values == [b"once"] for i in range(50))
+    cluster.heal()
+    assert cluster.status()["n1"]["faults"] == {}
+
+
+def test_a_node_that_loses_every_message_it_sends_cannot_acknowledge(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    cluster.degrade("n3", loss=1.0)
+    with cluster.client(nodes=["n1"]) as client:
+        with pytest.raises(QuorumFailed):
+            client.put("lost", b"x", w=3, timeout=1.0)
+        client.put("lost", b"x", w=2)
+    with pytest.raises(InvalidRequest):
+        cluster.degrade("n3", loss=1.5)
+
+
+def test_a_skewed_clock_shows_in_the_node_status(make_cluster) -> None:
+    cluster = make_cluster(nodes=3)
+    cluster.skew_clock("n2", 3600)
+    status = cluster.status()
+    assert status["n2"]["wall_clock"] - status["n1"]["wall_clock"] > 3500
+    cluster.heal()                                        # a network heal leaves clocks alone
+    assert cluster.status()["n2"]["faults"] == {"clock_skew": 3600.0}
