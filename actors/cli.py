@@ -24,8 +24,10 @@ from typing import Any
 import click
 
 from .client import Client, connect
-from .cluster import LocalCluster
+from .cluster import LocalCluster, free_ports
+from .config import ClusterConfig, load_secret
 from .errors import LeaderlessError
+from .node import run as node_run
 
 DEFAULT_DATA_DIR = "./leaderless-data"
 
@@ -127,20 +129,21 @@ def _table(status: dict[str, dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"leaderless cluster  {time.strftime('%H:%M:%S')}")
-    for column in ("node", "address", "state", "sees up", "keys", "hints", "puts ok", "gets ok", "quorum failed",
-                   "read repairs"):
+    for column in ("node", "address", "state", "sees up", "ring", "keys", "hints", "handoff", "puts ok", "gets ok",
+                   "quorum failed", "read repairs", "aae repaired"):
         table.add_column(column, justify="left" if column in ("node", "address", "state") else "right")
     for name, s in status.items():
         if not s.get("up"):
-            table.add_row(name, "", "[red]down[/red]", *[""] * 7)
+            table.add_row(name, "", "[red]down[/red]", *[""] * 10)
             continue
         counts = s.get("counts", {})
         members = s.get("members", {})
         failed = sum(v for k, v in counts.items() if k.endswith("quorum_failed"))
         table.add_row(name, "%s:%s" % tuple(s["address"]), "[green]up[/green]",
-                      f"{sum(1 for v in members.values() if v == 'up')}/{len(members)}", str(s.get("keys", 0)),
-                      str(s.get("hints_pending", 0)), str(counts.get("put.ok", 0)), str(counts.get("get.ok", 0)),
-                      str(failed), str(counts.get("read_repairs", 0)))
+                      f"{sum(1 for v in members.values() if v == 'up')}/{len(members)}",
+                      f"v{s.get('ring_version', 0)}", str(s.get("keys", 0)), str(s.get("hints_pending", 0)),
+                      str(s.get("handoff_pending", 0)), str(counts.get("put.ok", 0)), str(counts.get("get.ok", 0)),
+                      str(failed), str(counts.get("read_repairs", 0)), str(s.get("aae_keys_repaired", 0)))
     return table
 
 
@@ -158,6 +161,98 @@ def cluster_status(as_json: bool, data_dir: str) -> None:
     Console().print(_table(status))
     if not any(s.get("up") for s in status.values()):
         sys.exit(1)
+
+
+@cluster.command("join")
+@click.option("--name", default=None, help="The new node's name (default: the next free nN).")
+@data_dir_option
+def cluster_join(name: str | None, data_dir: str) -> None:
+    """Start a new node here, in the foreground, and add it to the local cluster's ring."""
+    config = ClusterConfig.load(data_dir)
+    if name is None:
+        taken = {int(n[1:]) for n in config.nodes if n[1:].isdigit()}
+        name = f"n{max(taken, default=0) + 1}"
+    if name in config.nodes:
+        raise click.BadParameter(f"{name} is already a node of this cluster", param_hint="--name")
+    host = next(iter(config.nodes.values()))[0]
+    config.nodes[name] = (host, free_ports(1, host)[0])
+    config.save(data_dir)
+    click.echo(f"{name} listening on {host}:{config.nodes[name][1]}, joining; Ctrl-C stops it", err=True)
+    sys.exit(node_run(name, data_dir, join=True))
+
+
+@cluster.command("leave")
+@click.argument("node")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the node has handed off its data.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the handoff.")
+@data_dir_option
+def cluster_leave(node: str, wait: bool, timeout: float, data_dir: str) -> None:
+    """Decommission NODE: it streams its data to the new owners, then stops."""
+    with _client(data_dir) as client:
+        if node not in client.addresses:
+            raise click.BadParameter(f"no node {node} in {data_dir}", param_hint="NODE")
+        version = client.ring_change(node, "leave", node)
+        click.echo(f"{node} is leaving (ring version {version})", err=True)
+        deadline = time.monotonic() + timeout
+        while wait:
+            try:
+                state = client.status(node, timeout=2.0)
+            except LeaderlessError:
+                break                                   # it has left and stopped
+            click.echo(f"  {node}: handing off {state['handoff_pending']} partitions, "
+                       f"{state['keys']} keys held", err=True)
+            if time.monotonic() > deadline:
+                raise LeaderlessError(f"{node} did not finish its handoff within {timeout:.0f}s")
+            time.sleep(1.0)
+    if wait:
+        config = ClusterConfig.load(data_dir)
+        config.nodes.pop(node, None)
+        config.save(data_dir)
+    click.echo(f"{node} left" if wait else f"{node} is leaving")
+
+
+@main.group()
+def node() -> None:
+    """Run one node in the foreground (several hosts: one per host)."""
+
+
+@node.command("start")
+@click.option("--name", required=True, help="This node's name.")
+@click.option("--listen", default=None, help="HOST:PORT to listen on (default: from cluster.json, or a free port).")
+@click.option("--join", "seed", default=None, help="HOST:PORT of any member: fetch the cluster's settings from it "
+              "and join (DATA_DIR must hold a copy of the cluster's secret file).")
+@data_dir_option
+def node_start(name: str, listen: str | None, seed: str | None, data_dir: str) -> None:
+    """Start node NAME here; with --join, a new node joins an existing cluster."""
+    if seed is None:
+        config = ClusterConfig.load(data_dir)
+        if name not in config.nodes:
+            raise click.BadParameter(f"{name} is not in {data_dir}/cluster.json; use --join HOST:PORT to add it")
+        if listen is not None:
+            config.nodes[name] = _address(listen, "--listen")
+            config.save(data_dir)
+        sys.exit(node_run(name, data_dir))
+    secret = load_secret(data_dir)
+    with Client({"seed": _address(seed, "--join")}, secret) as client:
+        body = client.cluster_config("seed")
+    body["nodes"] = {n: tuple(a) for n, a in body["nodes"].items()}
+    config = ClusterConfig(**body)
+    if name in config.nodes and name in config.initial_ring_nodes():
+        raise click.BadParameter(f"{name} is already a member; pick another --name", param_hint="--name")
+    if listen is not None:
+        config.nodes[name] = _address(listen, "--listen")
+    else:
+        config.nodes[name] = ("127.0.0.1", free_ports(1)[0])
+    config.save(data_dir)
+    click.echo(f"{name} listening on %s:%d, joining through {seed}" % config.nodes[name], err=True)
+    sys.exit(node_run(name, data_dir, join=True))
+
+
+def _address(text: str, option: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint=option)
+    return host, int(port)
 
 
 @main.command("put")

@@ -27,7 +27,7 @@ import pykka
 from .config import ClusterConfig, load_secret
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, LeaderlessError, ProtocolError,
                      RequestTimeout)
-from .messages import (ClientGet, ClientPut, GetResult, Hello, InspectRequest, LocalObject, Reply, RingChange,
+from .messages import (ClientGet, ClientPut, ConfigRequest, GetResult, Hello, InspectRequest, LocalObject, Reply, RingChange,
                        SetFaults, StatusRequest)
 from .transport import Connection
 from .wire import FrameReader, client_handshake
@@ -193,6 +193,10 @@ class Client:
                     timeout: float = 10.0) -> int:
         """Ask ``node`` to add (``join``) or remove (``leave``) ``name``; returns the new ring version."""
         return self._connection(node).request(RingChange, action, name, host, port).get(timeout)
+
+    def cluster_config(self, node: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The cluster's configuration and member addresses, as ``node`` knows them."""
+        return self._connection(node).request(ConfigRequest).get(timeout)
 
     def inspect(self, node: str, key: str, timeout: float = 5.0) -> LocalObject | None:
         return self._connection(node).request(InspectRequest, key).get(timeout)

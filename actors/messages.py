@@ -46,6 +46,12 @@ class StatusRequest(NamedTuple):
     reply_to: Any = None
 
 
+class ConfigRequest(NamedTuple):
+    """Ask a node for the cluster's configuration and every member's address (to join from elsewhere)."""
+    req_id: int
+    reply_to: Any = None
+
+
 class InspectRequest(NamedTuple):
     """Ask a node for its own stored object for ``key`` (no quorum)."""
     req_id: int

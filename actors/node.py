@@ -8,6 +8,7 @@ The node reads ``DIR/cluster.json`` and ``DIR/secret``, keeps its data in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,10 +24,11 @@ import pykka
 from storage.store import LmdbStore
 
 from .config import ClusterConfig, load_secret
+from .errors import LeaderlessError
 from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
 from .membership import Membership
-from .messages import (Ack, Batch, BatchAck, Built, ClientGet, ClientPut, CoordinatePut, DeleteHints, Drop, GetMany,
+from .messages import (Ack, Batch, BatchAck, Built, ClientGet, ClientPut, ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany,
                        GetManyReply, Gossip, InspectRequest, PutMany, ReapCandidates, ReapCandidatesReply, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, Tick, TreeReply,
                        TreeRequest, Unreachable)
@@ -140,6 +142,8 @@ class Node:
                     to_replica.append(message._replace(reply_to=conn))
                 elif isinstance(message, StatusRequest):
                     conn.send(Reply(message.req_id, True, self.status()))
+                elif isinstance(message, ConfigRequest):
+                    conn.send(Reply(message.req_id, True, self.config_for_joiners()))
                 elif isinstance(message, RingChange):
                     to_gossiper.append(message._replace(reply_to=conn))
                 elif isinstance(message, SetFaults):
@@ -166,6 +170,37 @@ class Node:
                     ref.tell(batch[0] if len(batch) == 1 else Batch(batch))
                 except pykka.ActorDeadError:
                     log.debug("node %s is stopping; %d messages dropped", self.name, len(batch))
+
+    def config_for_joiners(self) -> dict[str, Any]:
+        """The cluster configuration as this node knows it now, for a node joining from elsewhere."""
+        body = dataclasses.asdict(self.config)
+        nodes = {name: list(address) for name, address in self.transport.addresses().items()}
+        nodes[self.name] = list(self.config.nodes[self.name])
+        body["nodes"] = nodes
+        body["ring_nodes"] = list(self.config.initial_ring_nodes())
+        return body
+
+    def join_cluster(self, timeout: float = 60.0) -> None:
+        """Ask a member to put this node into the ring (unless it already is), retrying until one answers."""
+        from .client import Client
+
+        deadline = time.monotonic() + timeout
+        host, port = self.config.nodes[self.name]
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            if self.membership.ring_version > 0 and self.name in self.membership.ring.nodes:
+                log.info("node %s is a member of ring version %d", self.name, self.membership.ring_version)
+                return
+            members = [n for n in self.membership.ring.nodes if n != self.name and self.membership.is_up(n)]
+            if members:
+                try:
+                    with Client(self.transport.addresses(), self.secret, nodes=members[:1]) as client:
+                        version = client.ring_change(members[0], "join", self.name, host, port)
+                    log.info("node %s joined through %s: ring version %d", self.name, members[0], version)
+                    return
+                except LeaderlessError as exc:
+                    log.warning("join through %s failed: %s; retrying", members[0], exc)
+            self._stopping.wait(0.5)
+        log.error("node %s could not join the cluster within %.0fs", self.name, timeout)
 
     def apply_faults(self, faults: SetFaults) -> None:
         self.transport.block(faults.blocked)
@@ -226,25 +261,33 @@ class Node:
                 return
 
 
+def run(name: str, data_dir: str, faults: dict[str, Any] | None = None, join: bool = False) -> int:
+    """Run one node in this process until SIGTERM/SIGINT, or until it has left the cluster."""
+    config = ClusterConfig.load(data_dir)
+    node = Node(name, data_dir, config, load_secret(data_dir))
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    faults = dict(faults or {})
+    faults["blocked"] = tuple(faults.get("blocked", ()))
+    node.start(SetFaults(0, **faults))
+    if join:
+        threading.Thread(target=node.join_cluster, name=f"join-{name}", daemon=True).start()
+    node.wait()
+    node.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.node", description="Run one leaderless node.")
     parser.add_argument("--data-dir", required=True, help="the cluster's data directory")
     parser.add_argument("--name", required=True, help="this node's name in cluster.json")
     parser.add_argument("--faults", default="", help="JSON of SetFaults fields to start under (used by LocalCluster)")
+    parser.add_argument("--join", action="store_true", help="ask a member to add this node to the ring")
     parser.add_argument("--log-level", default=os.environ.get("LEADERLESS_LOG", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
-    config = ClusterConfig.load(args.data_dir)
-    node = Node(args.name, args.data_dir, config, load_secret(args.data_dir))
-    signal.signal(signal.SIGTERM, node.request_stop)
-    signal.signal(signal.SIGINT, node.request_stop)
-    faults = json.loads(args.faults) if args.faults else {}
-    faults["blocked"] = tuple(faults.get("blocked", ()))
-    node.start(SetFaults(0, **faults))
-    node.wait()
-    node.stop()
-    return 0
+    return run(args.name, args.data_dir, json.loads(args.faults) if args.faults else None, args.join)
 
 
 if __name__ == "__main__":

@@ -346,6 +346,11 @@ class Transport:
     def peers(self) -> list[str]:
         return sorted(self._peers)
 
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Every peer this node knows an address for (from its config and from gossip)."""
+        with self._lock:
+            return dict(self._peers)
+
     def add_peer(self, name: str, address: tuple[str, int]) -> None:
         if name != self.name:
             with self._lock:

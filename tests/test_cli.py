@@ -142,3 +142,36 @@ def test_status_of_a_cluster_with_a_dead_node_shows_it_down(make_cluster) -> Non
     assert code == 0
     status = json.loads(out)
     assert status["n3"]["up"] is False and status["n1"]["up"] is True
+
+
+def test_a_node_started_elsewhere_joins_through_a_seed_and_leaves_on_command(make_cluster, tmp_path: Path) -> None:
+    cluster = make_cluster(nodes=3, aae_interval=0.05, handoff_interval=0.2)
+    cluster.client().put("before-join", b"kept", w=3)
+    elsewhere = tmp_path / "host-b"
+    elsewhere.mkdir()
+    (elsewhere / "secret").write_bytes((cluster.data_dir / "secret").read_bytes())   # the operator copies it
+    seed = "%s:%d" % cluster.addresses["n1"]
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "node", "start", "--name", "b1", "--join", seed,
+                             "--data-dir", str(elsewhere)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "b1" not in cluster.status()["n1"]["ring_nodes"]:
+            assert proc.poll() is None and time.monotonic() < deadline, "b1 did not join"
+            time.sleep(0.1)
+        assert set(json.loads((elsewhere / "cluster.json").read_text())["nodes"]) == {"n1", "n2", "n3", "b1"}
+        code, out = run("cluster", "leave", "b1", "--data-dir", str(elsewhere))
+        assert code == 0 and out.strip().endswith("b1 left")
+        assert proc.wait(timeout=30) == 0
+        assert all("b1" not in s["ring_nodes"] for s in cluster.status().values())
+        assert cluster.client().get("before-join", r=3).values == [b"kept"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_joining_without_the_secret_is_one_clear_line(shared_cluster: LocalCluster, tmp_path: Path) -> None:
+    seed = "%s:%d" % shared_cluster.addresses["n1"]
+    code, out = run("node", "start", "--name", "x", "--join", seed, "--data-dir", str(tmp_path))
+    assert code == 1 and out.startswith("error: no cluster secret")
