@@ -4,14 +4,18 @@ The public API: ``LocalCluster`` starts node processes; ``connect`` (or
 ``cluster.client()``) gives a ``Client``; errors form one tree under ``LeaderlessError``.
 """
 
+from .buckets import Bucket, Session
 from .client import Client, Future, connect
 from .cluster import LocalCluster
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, InvalidRequest, LeaderlessError,
-                     ProtocolError, QuorumFailed, QuorumValueError, RequestTimeout, StorageFull)
-from .messages import GetResult, LocalObject
+                     ProtocolError, QuorumFailed, QuorumValueError, RequestTimeout, SessionViolation, StorageFull,
+                     UnknownBucket, VersionMismatch)
+from .messages import BucketProps, GetResult, LocalObject, Value
 
 __all__ = [
     "AuthenticationFailed",
+    "Bucket",
+    "BucketProps",
     "Client",
     "ClusterUnavailable",
     "ConnectionError_",
@@ -25,6 +29,11 @@ __all__ = [
     "QuorumFailed",
     "QuorumValueError",
     "RequestTimeout",
+    "Session",
+    "SessionViolation",
     "StorageFull",
+    "UnknownBucket",
+    "Value",
+    "VersionMismatch",
     "connect",
 ]

@@ -255,6 +255,44 @@ def _address(text: str, option: str) -> tuple[str, int]:
     return host, int(port)
 
 
+BUCKET_TYPES = ("siblings", "lww", "counter", "set", "map", "register", "flag")
+
+
+@main.group()
+def bucket() -> None:
+    """Create and show buckets (a key's conflict mode and n/r/w)."""
+
+
+@bucket.command("create")
+@click.argument("name")
+@click.option("--type", "type_", type=click.Choice(BUCKET_TYPES), default="siblings", show_default=True,
+              help="Conflict mode: siblings (DVV), lww (hybrid clock), or a server-merged CRDT.")
+@click.option("--n", "n_val", type=click.IntRange(1, 64), default=None, help="Replicas (default: the cluster's).")
+@click.option("--r", "r_val", default=None, help="Default read quorum.")
+@click.option("--w", "w_val", default=None, help="Default write quorum.")
+@data_dir_option
+def bucket_create(name: str, type_: str, n_val: int | None, r_val: str | None, w_val: str | None,
+                  data_dir: str) -> None:
+    """Create bucket NAME (idempotent with the same properties)."""
+    with _client(data_dir) as client:
+        created = client.create_bucket(name, type=type_, n=n_val, r=_quorum(r_val), w=_quorum(w_val))
+    click.echo(f"{created.name}: type={created.type} n={created.props.n} r={created.props.r} w={created.props.w}")
+
+
+@bucket.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@data_dir_option
+def bucket_show(name: str, as_json: bool, data_dir: str) -> None:
+    """Show bucket NAME's properties."""
+    with _client(data_dir) as client:
+        props = client.bucket(name).props
+    if as_json:
+        click.echo(json.dumps(props._asdict()))
+    else:
+        click.echo(f"{props.name}: type={props.type} n={props.n} r={props.r} w={props.w}")
+
+
 @main.command("put")
 @click.argument("key")
 @click.argument("value")
@@ -300,6 +338,50 @@ def delete(key: str, w_val: str | None, data_dir: str) -> None:
     with _client(data_dir) as client:
         client.delete(key, context=client.get(key).context, w=_quorum(w_val))
     click.echo("ok")
+
+
+@main.command("chaos")
+@click.option("--nodes", default=5, show_default=True, type=int, help="Node processes (at least 3).")
+@click.option("--nemesis", default="partition,kill,slow", show_default=True,
+              help="Comma-separated faults: partition (halves, isolate, bridge, ring), kill, pause, slow, loss, "
+                   "duplicate, reorder, degrade, clock, all.")
+@click.option("--workload", default="set", show_default=True, help="set or register (counter: issue 5).")
+@click.option("--time", "time_s", default=60.0, show_default=True, type=float, help="Seconds of faults and load.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Seed of the fault schedule and workload.")
+@click.option("--interval", default=None, type=float, help="Seconds per fault and per quiet spell "
+              "[default: time/12, within 1..5].")
+@click.option("--n", "n_val", default=3, show_default=True, type=int, help="Replicas per key.")
+@click.option("--r", "r_val", default="2", show_default=True, help="Read quorum of the workload.")
+@click.option("--w", "w_val", default="2", show_default=True, help="Write quorum of the workload.")
+@click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the whole history (every op) to this JSON file.")
+@click.option("--data-dir", "chaos_dir", default=None, type=click.Path(file_okay=False),
+              help="A fresh directory for the cluster (kept, with every node's log) [default: a temporary one].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
+def chaos(nodes: int, nemesis: str, workload: str, time_s: float, seed: int, interval: float | None, n_val: int,
+          r_val: str, w_val: str, history_path: str | None, chaos_dir: str | None, as_json: bool) -> None:
+    """Run a fresh cluster under a workload and a nemesis, then check nothing acknowledged was lost.
+
+    Exit code 0 only when the history is valid and every replica converged.
+    """
+    from rich.console import Console
+
+    from .chaos import OptionError, check_options, one_line_usage_error, passed, run_chaos, verdict_table
+
+    try:
+        check_options(nodes, nemesis, workload, time_s, n_val, interval)
+    except OptionError as exc:
+        raise one_line_usage_error(str(exc), f"'--{exc.option}'") from None
+    progress_console = Console(stderr=True, highlight=False)
+    result = run_chaos(nodes=nodes, nemesis=nemesis, workload=workload, time_s=time_s, seed=seed, n=n_val,
+                       r=_quorum(r_val) or r_val, w=_quorum(w_val) or w_val, interval=interval,
+                       progress=lambda line: progress_console.print(line, markup=False, soft_wrap=True),
+                       history_path=history_path, data_dir=chaos_dir)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        Console(highlight=False).print(verdict_table(result))
+    sys.exit(0 if passed(result) else 1)
 
 
 if __name__ == "__main__":

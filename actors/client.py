@@ -19,22 +19,28 @@ import logging
 import socket
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from .config import ClusterConfig, load_secret
-from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, LeaderlessError, ProtocolError,
-                     RequestTimeout)
-from .messages import (ClientGet, ClientPut, ConfigRequest, GetResult, Hello, InspectRequest, LocalObject, Reply, RingChange,
+from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, InvalidRequest, LeaderlessError,
+                     ProtocolError, QuorumFailed, RequestTimeout)
+from .messages import (BucketCreate, BucketInfo, ClientGet, ClientPut, ClientUpdate, ConfigRequest, GetResult, Hello, InspectRequest, LocalObject, Reply, RingChange,
                        SetFaults, StatusRequest)
 from .transport import Connection
 from .wire import FrameReader, client_handshake
 
+if TYPE_CHECKING:
+    from .buckets import Bucket, Session
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 2.0
+RETRY_BACKOFF = 0.05    # seconds before the first retry of an idempotent operation; doubles each time
 REPLY_MARGIN = 2.0      # seconds a blocking call waits beyond the server-side request timeout
 
 
@@ -147,31 +153,100 @@ class Client:
     # --- key-value API (contract) --------------------------------------------------------
 
     def put(self, key: str, value: bytes, context: Any = None, *, w: int | str | None = None,
-            timeout: float | None = None) -> tuple:
-        """Write ``value`` after ``context``; returns the new causal context."""
-        return self._wait(self.put_async(key, value, context, w=w, timeout=timeout), timeout)
+            timeout: float | None = None, bucket: str = "", if_context: Any = None,
+            if_absent: bool = False) -> tuple:
+        """Write ``value`` after ``context``; returns the new causal context.
 
-    def get(self, key: str, *, r: int | str | None = None, timeout: float | None = None) -> GetResult:
+        ``if_context=ctx`` / ``if_absent=True`` make it conditional: ``VersionMismatch`` when the
+        key's replica that checks it holds something else (not linearizable: see README).
+        """
+        return self._wait(self.put_async(key, value, context, w=w, timeout=timeout, bucket=bucket,
+                                         if_context=if_context, if_absent=if_absent), timeout)
+
+    def get(self, key: str, *, r: int | str | None = None, timeout: float | None = None,
+            bucket: str = "") -> GetResult:
         """Read every sibling of ``key``: ``.values`` ([] when absent or deleted) and ``.context``."""
-        return self._wait(self.get_async(key, r=r, timeout=timeout), timeout)
+        return self._wait(self.get_async(key, r=r, timeout=timeout, bucket=bucket), timeout)
 
     def delete(self, key: str, context: Any = None, *, w: int | str | None = None,
-               timeout: float | None = None) -> tuple:
+               timeout: float | None = None, bucket: str = "") -> tuple:
         """Write a tombstone after ``context``; returns the tombstone's context."""
-        return self._wait(self.delete_async(key, context, w=w, timeout=timeout), timeout)
+        return self._wait(self.delete_async(key, context, w=w, timeout=timeout, bucket=bucket), timeout)
 
     def put_async(self, key: str, value: bytes, context: Any = None, *, w: int | str | None = None,
-                  timeout: float | None = None) -> Future:
+                  timeout: float | None = None, bucket: str = "", if_context: Any = None,
+                  if_absent: bool = False) -> Future:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"value must be bytes, got {type(value).__name__}")
-        return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout or self.timeout)
+        condition = _condition(if_context, if_absent)
+        return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout or self.timeout, bucket,
+                          condition)
 
-    def get_async(self, key: str, *, r: int | str | None = None, timeout: float | None = None) -> Future:
-        return self._send(ClientGet, key, r, timeout or self.timeout)
+    def get_async(self, key: str, *, r: int | str | None = None, timeout: float | None = None,
+                  bucket: str = "") -> Future:
+        return self._send(ClientGet, key, r, timeout or self.timeout, bucket)
 
     def delete_async(self, key: str, context: Any = None, *, w: int | str | None = None,
-                     timeout: float | None = None) -> Future:
-        return self._send(ClientPut, key, None, tuple(context or ()), w, timeout or self.timeout)
+                     timeout: float | None = None, bucket: str = "") -> Future:
+        return self._send(ClientPut, key, None, tuple(context or ()), w, timeout or self.timeout, bucket)
+
+    # --- buckets and sessions ------------------------------------------------------------
+
+    def create_bucket(self, name: str, type: str = "siblings", *, n: int | None = None,
+                      r: int | str | None = None, w: int | str | None = None) -> "Bucket":
+        """Create a bucket (on every node this client reaches; gossip tells the rest) and return it.
+
+        Creating an existing bucket with the same properties returns it; other properties
+        are an error. Types: siblings, lww, counter, set, map, register, flag.
+        """
+        props = None
+        errors: list[str] = []
+        for node in self._all_addresses:
+            try:
+                props = self._connection(node).request(BucketCreate, name, type, n, r, w).get(10.0)
+            except InvalidRequest:
+                raise
+            except LeaderlessError as exc:
+                errors.append(f"{node}: {exc}")
+        if props is None:
+            raise ClusterUnavailable("no node could create the bucket: " + "; ".join(errors))
+        from .buckets import Bucket
+        return Bucket(self, props)
+
+    def bucket(self, name: str) -> "Bucket":
+        """An existing bucket, its type read from the cluster (``UnknownBucket`` if none)."""
+        from .buckets import Bucket
+        return Bucket(self, self._retrying(BucketInfo, name, attempts=len(self.addresses)))
+
+    def session(self, timeout: float | None = None, token: Any = None) -> "Session":
+        """Read-your-writes and monotonic reads, across coordinators (see ``Session``);
+        ``token`` (another session's ``.token``) continues that session here."""
+        from .buckets import Session
+        return Session(self, timeout, token)
+
+    def update(self, bucket: str, key: str, op: tuple, *, w: int | str | None = None,
+               timeout: float | None = None, op_id: str | None = None, attempts: int = 3) -> tuple:
+        """Apply a CRDT operation; retried on timeouts and ``QuorumFailed`` with the same operation id,
+        so it is applied once. Returns the new context."""
+        op_id = op_id or uuid.uuid4().hex
+        return self._retrying(ClientUpdate, bucket, key, tuple(op), op_id, w, timeout or self.timeout,
+                              attempts=attempts, timeout=timeout)
+
+    def _retrying(self, make: Any, *args: Any, attempts: int = 3, timeout: float | None = None) -> Any:
+        delay = RETRY_BACKOFF
+        for attempt in range(attempts):
+            try:
+                return self._wait(self._send(make, *args), timeout)
+            except (RequestTimeout, QuorumFailed, ClusterUnavailable) as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.info("retrying %s after %s (attempt %d of %d)", make.__name__, exc, attempt + 2, attempts)
+            except ConnectionError_ as exc:
+                if isinstance(exc, AuthenticationFailed) or attempt == attempts - 1:
+                    raise
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
 
     # --- per-node calls (used by LocalCluster and the CLI) --------------------------------
 
@@ -203,10 +278,10 @@ class Client:
 
     def set_faults(self, node: str, blocked: Iterable[str] = (), delay_ms: float = 0.0, loss: float = 0.0,
                    duplicate: float = 0.0, reorder_ms: float = 0.0, clock_skew: float = 0.0,
-                   timeout: float = 5.0) -> None:
+                   drop_replies: int = 0, timeout: float = 5.0) -> None:
         """Replace every fault injected into ``node`` (see ``messages.SetFaults``)."""
         self._connection(node).request(SetFaults, tuple(blocked), float(delay_ms), float(loss), float(duplicate),
-                                       float(reorder_ms), float(clock_skew)).get(timeout)
+                                       float(reorder_ms), float(clock_skew), int(drop_replies)).get(timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -258,6 +333,16 @@ class Client:
                     raise ClusterUnavailable(f"unknown node {name}")
                 conn = self._connections[name] = NodeConnection(name, tuple(address), self._secret)
         return conn
+
+
+def _condition(if_context: Any, if_absent: bool) -> tuple | None:
+    if if_absent and if_context is not None:
+        raise InvalidRequest("a write is either if_absent or if_context, not both")
+    if if_absent:
+        return ("if_absent",)
+    if if_context is not None:
+        return ("if_context", tuple(if_context))
+    return None
 
 
 def connect(data_dir: str, *, nodes: Iterable[str] | None = None, timeout: float | None = None) -> Client:

@@ -305,6 +305,12 @@ class LocalCluster:
         """Move ``name``'s wall clock by ``seconds`` (what its hybrid logical clock reads)."""
         self._set_fault(name, clock_skew=float(seconds))
 
+    def drop_replies(self, name: str, count: int = 1) -> None:
+        """The next ``count`` answers ``name`` sends to clients are lost, after the requests were carried
+        out: a lost acknowledgement (the client times out and retries)."""
+        self._set_fault(name, drop_replies=int(count))
+        self._faults[name].pop("drop_replies", None)       # one-shot: a later fault change must not re-arm it
+
     def pause(self, name: str) -> None:
         """SIGSTOP the node's process: it stops answering without closing a single connection."""
         _signal(self._proc(name), signal.SIGSTOP)

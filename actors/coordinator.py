@@ -23,14 +23,15 @@ from typing import Any
 
 import pykka
 
-from storage import versions
+from storage import crdts, objects
+from storage.objects import Obj
 from storage.store import MAX_KEY_BYTES as STORE_MAX_KEY_BYTES
-from storage.versions import DVVSet
 
-from .errors import InvalidRequest, LeaderlessError, QuorumFailed, StorageFull
+from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, SessionViolation, StorageFull, UnknownBucket,
+                     VersionMismatch)
 from .membership import Membership
-from .messages import (Ack, Batch, Built, ClientGet, ClientPut, CoordinatePut, GetResult, Reply,
-                       ReplicaGet, ReplicaGetReply, ReplicaPut, Tick, Unreachable)
+from .messages import (Ack, Batch, BucketProps, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult,
+                       Refused, Reply, ReplicaGet, ReplicaGetReply, ReplicaPut, Tick, Unreachable, Value)
 from .quorum import ReadTally, WriteTally, resolve
 from .stats import Stats
 
@@ -40,6 +41,8 @@ Send = Callable[[str, Any], None]
 MAX_KEY_BYTES = STORE_MAX_KEY_BYTES
 MAX_VALUE_BYTES = 16 << 20
 MAX_TIMEOUT = 600.0
+SESSION_RETRY = 0.05        # seconds between rounds of a session read still waiting for a new enough replica
+EMPTY_VALUES: dict[str, Any] = {"counter": 0, "set": frozenset(), "register": None, "flag": False, "map": {}}
 
 
 @dataclass
@@ -64,9 +67,13 @@ class PutRequest:
     value: bytes | None
     context: tuple
     state: str = "waiting_built"
-    obj: DVVSet | None = None
+    obj: Obj | None = None
     op: str = "put"
     tried: list[str] = field(default_factory=list)
+    kind: str = "siblings"
+    crdt_op: tuple | None = None
+    op_id: str | None = None
+    condition: tuple | None = None
 
 
 @dataclass
@@ -79,6 +86,9 @@ class GetRequest:
     deadline: float
     state: str = "waiting_answers"
     hints: dict[str, str | None] = field(default_factory=dict)
+    bucket_type: str = "siblings"
+    min_context: tuple | None = None
+    retry_at: float | None = None
 
 
 def validate_key(key: Any) -> str:
@@ -118,6 +128,27 @@ def validate_context(context: Any) -> tuple[tuple[str, int], ...]:
     return pairs
 
 
+def validate_condition(condition: Any) -> tuple | None:
+    if condition is None:
+        return None
+    if condition == ("if_absent",):
+        return condition
+    if isinstance(condition, tuple) and len(condition) == 2 and condition[0] == "if_context":
+        return ("if_context", validate_context(condition[1]))
+    raise InvalidRequest(f"unknown write condition {condition!r:.60}")
+
+
+def storage_key(bucket: str, key: str) -> str:
+    """The key as replicas store it: the default bucket's keys as they are, others prefixed (NUL-separated;
+    user keys cannot hold NUL)."""
+    if not bucket:
+        return key
+    full = f"{bucket}\x00{key}"
+    if len(full.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidRequest(f"bucket name and key together are longer than {MAX_KEY_BYTES} bytes")
+    return full
+
+
 def validate_timeout(timeout: Any, default: float) -> float:
     if timeout is None:
         return default
@@ -149,11 +180,13 @@ class CoordinatorActor(pykka.ThreadingActor):
                 log.exception("coordinator %s failed on %s", self.name, type(item).__name__)
 
     def _handle(self, message: Any) -> None:
-        if isinstance(message, (Ack, Built, ReplicaGetReply, Unreachable)):
+        if isinstance(message, (Ack, Built, ReplicaGetReply, Unreachable, Refused)):
             request = self.requests.get(message.req_id)
             if request is None:
                 return                                   # late reply of a finished request
-            if isinstance(message, Unreachable):
+            if isinstance(message, Refused):
+                self._on_refused(message.req_id, request, message)   # type: ignore[arg-type]
+            elif isinstance(message, Unreachable):
                 self._on_unreachable(message.req_id, request, message.node)
             elif isinstance(message, Ack):
                 self._on_ack(message.req_id, request, message)     # type: ignore[arg-type]
@@ -163,6 +196,8 @@ class CoordinatorActor(pykka.ThreadingActor):
                 self._on_answer(message.req_id, request, message)  # type: ignore[arg-type]
         elif isinstance(message, ClientPut):
             self._start_put(message)
+        elif isinstance(message, ClientUpdate):
+            self._start_update(message)
         elif isinstance(message, ClientGet):
             self._start_get(message)
         elif isinstance(message, Tick):
@@ -172,29 +207,69 @@ class CoordinatorActor(pykka.ThreadingActor):
 
     # --- put ---------------------------------------------------------------------------
 
+    def bucket(self, name: Any) -> BucketProps:
+        """A bucket's properties (the default bucket "" has the cluster's)."""
+        if name == "" or name is None:
+            return BucketProps("", "siblings", self.settings.n, self.settings.r, self.settings.w)
+        props = self.membership.buckets.get(name) if isinstance(name, str) else None
+        if props is None:
+            raise UnknownBucket(f"no bucket {name!r}: create it first (client.create_bucket)")
+        return props
+
     def _start_put(self, message: ClientPut) -> None:
         op = "delete" if message.value is None else "put"
         try:
-            key = validate_key(message.key)
+            props = self.bucket(message.bucket)
+            if props.type not in ("siblings", "lww"):
+                raise InvalidRequest(f"bucket {props.name!r} holds {props.type}s: send operations, not values")
+            key = storage_key(props.name, validate_key(message.key))
             value = validate_value(message.value)
             context = validate_context(message.context)
-            w = resolve("w", message.w, self.settings.w, self.settings.n)
+            condition = validate_condition(message.condition)
+            w = resolve("w", message.w, props.w, props.n)
             timeout = validate_timeout(message.timeout, self.settings.timeout)
         except InvalidRequest as exc:
             self._reply(message.reply_to, message.req_id, False, exc, f"{op}.invalid")
             return
-        targets = self.membership.preference_list(key, self.settings.n)
+        self._start_write(message.reply_to, message.req_id, key, props, w, timeout, op,
+                          kind=props.type, value=value, context=context, condition=condition)
+
+    def _start_update(self, message: ClientUpdate) -> None:
+        try:
+            props = self.bucket(message.bucket)
+            if props.type in ("siblings", "lww"):
+                raise InvalidRequest(f"bucket {props.name!r} is a {props.type} bucket: use put/get/delete")
+            key = storage_key(props.name, validate_key(message.key))
+            if not isinstance(message.op, tuple) or not message.op or not isinstance(message.op[0], str):
+                raise InvalidRequest(f"an operation is a tuple like ('increment', 1), got {message.op!r:.60}")
+            if not isinstance(message.op_id, str) or not 0 < len(message.op_id) <= 64:
+                raise InvalidRequest("an operation needs an op_id string of 1..64 characters")
+            w = resolve("w", message.w, props.w, props.n)
+            timeout = validate_timeout(message.timeout, self.settings.timeout)
+        except InvalidRequest as exc:
+            self._reply(message.reply_to, message.req_id, False, exc, "update.invalid")
+            return
+        self._start_write(message.reply_to, message.req_id, key, props, w, timeout, "update",
+                          kind=f"crdt:{props.type}", crdt_op=message.op, op_id=message.op_id)
+
+    def _start_write(self, reply_to: Any, client_req_id: int, key: str, props: BucketProps, w: int, timeout: float,
+                     op: str, *, kind: str, value: bytes | None = None, context: tuple = (),
+                     crdt_op: tuple | None = None, op_id: str | None = None, condition: tuple | None = None) -> None:
+        targets = self.membership.preference_list(key, props.n)
         tally = WriteTally(needed=w, targets=tuple(node for node, _ in targets))
         if tally.hopeless:
-            self._reply(message.reply_to, message.req_id, False,
-                        QuorumFailed(needed=w, got=0, replicas=[], op=op), f"{op}.quorum_failed")
+            self._reply(reply_to, client_req_id, False, QuorumFailed(needed=w, got=0, replicas=[], op=op),
+                        f"{op}.quorum_failed")
             return
         nodes = [node for node, _ in targets]
-        coordinating = self.name if self.name in nodes else nodes[0]
+        # Operations and conditions go to the key's first replica, so a retry (with the same
+        # op id) and a check meet the same state; plain writes take the local fast path.
+        local = kind in ("siblings", "lww") and condition is None and self.name in nodes
+        coordinating = self.name if local else nodes[0]
         req_id = next(self._ids)
         now = self.clock()
-        request = PutRequest(message.req_id, message.reply_to, key, targets, tally, now + timeout, coordinating,
-                             now, value, context, op=op)
+        request = PutRequest(client_req_id, reply_to, key, targets, tally, now + timeout, coordinating,
+                             now, value, context, op=op, kind=kind, crdt_op=crdt_op, op_id=op_id, condition=condition)
         self.requests[req_id] = request
         self._coordinate(req_id, request, coordinating, now)
 
@@ -204,7 +279,17 @@ class CoordinatorActor(pykka.ThreadingActor):
         request.tried.append(node)
         request.built_deadline = now + min(request.deadline - now, self.settings.timeout) / 3
         hint = dict(request.targets)[node]
-        self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint))
+        self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint,
+                                      request.kind, request.crdt_op, request.op_id, request.condition))
+
+    def _on_refused(self, req_id: int, request: PutRequest | GetRequest, message: Refused) -> None:
+        if not isinstance(request, PutRequest) or message.node != request.coordinating:
+            return
+        del self.requests[req_id]
+        request.state = "answered"
+        error = message.error if isinstance(message.error, LeaderlessError) else InvalidRequest(str(message.error))
+        outcome = "mismatch" if isinstance(error, VersionMismatch) else "refused"
+        self._reply(request.reply_to, request.client_req_id, False, error, f"{request.op}.{outcome}")
 
     def _reroute(self, req_id: int, request: PutRequest, now: float) -> None:
         """The coordinating replica failed or is slow: count it failed and move to the next target."""
@@ -251,7 +336,8 @@ class CoordinatorActor(pykka.ThreadingActor):
             self.stats.incr("put.late_acks")
         elif request.tally.enough and request.obj is not None:
             request.state = "answered"
-            self._reply(request.reply_to, request.client_req_id, True, versions.join(request.obj), f"{request.op}.ok")
+            self._reply(request.reply_to, request.client_req_id, True, objects.context(request.obj),
+                        f"{request.op}.ok")
         elif request.tally.hopeless:
             self._fail_put(request)
             del self.requests[req_id]
@@ -273,13 +359,15 @@ class CoordinatorActor(pykka.ThreadingActor):
 
     def _start_get(self, message: ClientGet) -> None:
         try:
-            key = validate_key(message.key)
-            r = resolve("r", message.r, self.settings.r, self.settings.n)
+            props = self.bucket(message.bucket)
+            key = storage_key(props.name, validate_key(message.key))
+            r = resolve("r", message.r, props.r, props.n)
             timeout = validate_timeout(message.timeout, self.settings.timeout)
+            min_context = validate_context(message.min_context) if message.min_context else None
         except InvalidRequest as exc:
             self._reply(message.reply_to, message.req_id, False, exc, "get.invalid")
             return
-        targets = self.membership.preference_list(key, self.settings.n)
+        targets = self.membership.preference_list(key, props.n)
         tally = ReadTally(needed=r, targets=tuple(node for node, _ in targets))
         if tally.hopeless:
             self._reply(message.reply_to, message.req_id, False,
@@ -287,22 +375,37 @@ class CoordinatorActor(pykka.ThreadingActor):
             return
         req_id = next(self._ids)
         self.requests[req_id] = GetRequest(message.req_id, message.reply_to, key, targets, tally,
-                                           self.clock() + timeout, hints=dict(targets))
+                                           self.clock() + timeout, hints=dict(targets), bucket_type=props.type,
+                                           min_context=min_context)
         for node, _ in targets:
             self.send(node, ReplicaGet(req_id, self.name, key))
 
     def _on_answer(self, req_id: int, request: GetRequest, message: ReplicaGetReply) -> None:
         request.tally.add_answer(message.node, message.obj)
         if request.state == "waiting_answers" and request.tally.enough:
-            request.state = "waiting_read_repair"
             merged = request.tally.merged()
-            live = [v for v in versions.values(merged) if v is not None]
-            self.stats.incr("get.siblings", len(live))
-            self._reply(request.reply_to, request.client_req_id, True,
-                        GetResult(live, versions.join(merged)), "get.ok")
+            context = objects.context(merged)
+            if request.min_context is None or objects.context_descends(context, request.min_context):
+                request.state = "waiting_read_repair"
+                self._reply(request.reply_to, request.client_req_id, True,
+                            self._result(request.bucket_type, merged, context), "get.ok")
         if request.tally.final:
             self._read_repair(req_id, request)
-            del self.requests[req_id]
+            if request.state == "waiting_answers":
+                # A session read that saw nothing new enough: ask every replica again soon.
+                request.retry_at = self.clock() + SESSION_RETRY
+                request.tally = ReadTally(needed=request.tally.needed, targets=request.tally.targets)
+                self.stats.incr("get.session_retries")
+            else:
+                del self.requests[req_id]
+
+    def _result(self, bucket_type: str, merged: Obj | None, context: tuple) -> GetResult | Value:
+        if bucket_type in ("siblings", "lww"):
+            live = objects.live_values(merged)
+            self.stats.incr("get.siblings", len(live))
+            return GetResult(live, context)
+        value = crdts.value(merged) if merged is not None else EMPTY_VALUES[bucket_type]
+        return Value(value, context)
 
     def _read_repair(self, req_id: int, request: GetRequest) -> None:
         behind = request.tally.behind()
@@ -326,6 +429,11 @@ class CoordinatorActor(pykka.ThreadingActor):
                 self._fail_get(request)
             else:
                 self._read_repair(req_id, request)
+        for req_id, request in list(self.requests.items()):
+            if isinstance(request, GetRequest) and request.retry_at is not None and request.retry_at <= now:
+                request.retry_at = None
+                for node, _ in request.targets:
+                    self.send(node, ReplicaGet(req_id, self.name, request.key))
         slow = [(req_id, req) for req_id, req in self.requests.items()
                 if isinstance(req, PutRequest) and req.state == "waiting_built" and req.built_deadline <= now]
         for req_id, request in slow:
@@ -333,6 +441,11 @@ class CoordinatorActor(pykka.ThreadingActor):
 
     def _fail_get(self, request: GetRequest) -> None:
         tally = request.tally
+        if request.min_context is not None and (tally.enough or request.retry_at is not None):
+            self._reply(request.reply_to, request.client_req_id, False,
+                        SessionViolation("no replica reachable from this coordinator holds what the session "
+                                         "already wrote or read"), "get.session_violation")
+            return
         self._reply(request.reply_to, request.client_req_id, False,
                     QuorumFailed(needed=tally.needed, got=len(tally.answers), replicas=sorted(tally.answers),
                                  op="get"), "get.quorum_failed")

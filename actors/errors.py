@@ -2,7 +2,10 @@
 
     LeaderlessError
     ├── InvalidRequest            bad key, value or option (sent back by a node, or caught client-side)
-    │   └── QuorumValueError      an r/w that cannot be met against n (``w > n``, ``r < 1``, unknown name)
+    │   ├── QuorumValueError      an r/w that cannot be met against n (``w > n``, ``r < 1``, unknown name)
+    │   └── UnknownBucket         no bucket of that name was created
+    ├── VersionMismatch           a conditional write found the stored object moved on
+    ├── SessionViolation          a session read could not see what the session already wrote or read
     ├── QuorumFailed              fewer than the needed replicas answered before the deadline
     ├── RequestTimeout            no answer at all from the node in time
     ├── StorageFull               a replica refused a write because its disk (LMDB map) is full
@@ -28,6 +31,20 @@ class InvalidRequest(LeaderlessError):
 
 class QuorumValueError(InvalidRequest):
     """An ``r`` or ``w`` that cannot be resolved against ``n``."""
+
+
+class UnknownBucket(InvalidRequest):
+    """No bucket of that name exists (create it first)."""
+
+
+class VersionMismatch(LeaderlessError):
+    """A conditional write (``if_context``/``if_absent``) found the stored object moved past
+    the expected version on the replica that checked it. Not linearizable: see README."""
+
+
+class SessionViolation(LeaderlessError):
+    """A session read found no replica holding at least what the session wrote or read,
+    within the timeout."""
 
 
 class QuorumFailed(LeaderlessError):
@@ -84,5 +101,8 @@ __all__ = [
     "QuorumFailed",
     "QuorumValueError",
     "RequestTimeout",
+    "SessionViolation",
     "StorageFull",
+    "UnknownBucket",
+    "VersionMismatch",
 ]

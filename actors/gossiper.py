@@ -24,15 +24,20 @@ from typing import Any
 
 import pykka
 
-from .errors import InvalidRequest
+from storage.hlc import HybridClock, Timestamp
+
+from .errors import InvalidRequest, UnknownBucket
 from .membership import DOWN, LEAVING, LEFT, UP, Membership
-from .messages import Batch, Gossip, HandoffComplete, Reply, RingChange, Tick
+from .messages import (Batch, BucketCreate, BucketInfo, BucketProps, Gossip, HandoffComplete, Reply, RingChange,
+                       Tick)
+from .quorum import resolve
 from .phi import PhiDetector
 from .ring import Ring, RingError
 
 log = logging.getLogger(__name__)
 
 NORMAL = "normal"
+BUCKET_TYPES = ("siblings", "lww", "counter", "set", "map", "register", "flag")
 Endpoint = tuple[int, int, str, str, int]      # incarnation, heartbeat, status, host, port
 
 
@@ -43,18 +48,26 @@ class GossiperActor(pykka.ThreadingActor):
                  seeds: dict[str, tuple[str, int]], send: Callable[[str, Any], None], *,
                  add_peer: Callable[[str, tuple[str, int]], None] = lambda name, address: None,
                  persist_ring: Callable[[Ring, int], None] = lambda ring, version: None,
+                 persist_buckets: Callable[[dict[str, tuple]], None] = lambda buckets: None,
+                 buckets: dict[str, tuple] | None = None, hlc: HybridClock | None = None,
                  interval: float = 0.5, phi_threshold: float = 8.0, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, status: str = NORMAL) -> None:
+                 clock: Callable[[], float] = time.monotonic, status: str = NORMAL,
+                 defaults: tuple[int, int | str, int | str] = (3, 2, 2)) -> None:
         super().__init__()
         self.name = name
         self.membership = membership
         self.send = send
         self.add_peer = add_peer
         self.persist_ring = persist_ring
+        self.persist_buckets = persist_buckets
+        self.hlc = hlc
+        self.buckets: dict[str, tuple] = dict(buckets or {})     # name -> (type, n, r, w)
+        self._publish_buckets()
         self.interval = interval
         self.phi_threshold = phi_threshold
         self.rng = rng or random.Random()
         self.clock = clock
+        self.default_n, self.default_r, self.default_w = defaults
         self.endpoints: dict[str, Endpoint] = {
             peer: (0, 0, NORMAL, host, port) for peer, (host, port) in seeds.items() if peer != name}
         self.endpoints[name] = (incarnation, 0, status, address[0], address[1])
@@ -79,6 +92,12 @@ class GossiperActor(pykka.ThreadingActor):
             self._tick(item.now)
         elif isinstance(item, RingChange):
             self._ring_change(item)
+        elif isinstance(item, BucketCreate):
+            self._create_bucket(item)
+        elif isinstance(item, BucketInfo):
+            props = self.membership.buckets.get(item.name)
+            item.reply_to.send(Reply(item.req_id, props is not None,
+                                     props if props is not None else UnknownBucket(f"no bucket {item.name!r}")))
         elif isinstance(item, HandoffComplete):
             self._set_own_status(LEFT)
         else:
@@ -106,7 +125,8 @@ class GossiperActor(pykka.ThreadingActor):
 
     def _message(self, reply: bool) -> Gossip:
         return Gossip(self.name, dict(self.endpoints), self.membership.ring_version,
-                      self.membership.ring.to_data(), reply)
+                      self.membership.ring.to_data(), reply, dict(self.buckets),
+                      tuple(self.hlc.now()) if self.hlc is not None else None)
 
     def _merge(self, gossip: Gossip) -> None:
         now = self.clock()
@@ -123,6 +143,9 @@ class GossiperActor(pykka.ThreadingActor):
                     self.detectors.setdefault(node, PhiDetector(self.interval)).heartbeat(now)
                 self.endpoints[node] = endpoint
         self._maybe_adopt(gossip.ring_version, gossip.ring)
+        self._merge_buckets(gossip.buckets)
+        if self.hlc is not None and gossip.hlc is not None:
+            self.hlc.observe(Timestamp(*gossip.hlc))
         if gossip.reply and gossip.src != self.name:
             self.send(gossip.src, self._message(reply=False))
 
@@ -145,6 +168,56 @@ class GossiperActor(pykka.ThreadingActor):
         log.info("%s adopts ring version %d: %s", self.name, version, ", ".join(ring.nodes))
         self.membership.set_ring(ring, version)
         self.persist_ring(ring, version)
+
+    # --- buckets -------------------------------------------------------------------------
+
+    def _merge_buckets(self, theirs: dict[str, tuple]) -> None:
+        """Buckets are created, never changed: take the union (same name twice: the smaller props win)."""
+        changed = False
+        for name, props in theirs.items():
+            props = tuple(props)
+            mine = self.buckets.get(name)
+            if mine is None or (props != mine and repr(props) < repr(mine)):
+                self.buckets[name] = props
+                changed = True
+        if changed:
+            self.persist_buckets(dict(self.buckets))
+            self._publish_buckets()
+
+    def _create_bucket(self, request: BucketCreate) -> None:
+        try:
+            props = self._validate_bucket(request)
+        except InvalidRequest as exc:
+            request.reply_to.send(Reply(request.req_id, False, exc))
+            return
+        existing = self.buckets.get(request.name)
+        if existing is not None and tuple(existing) != props:
+            error = InvalidRequest(f"bucket {request.name!r} exists already as {BucketProps(request.name, *existing)}")
+            request.reply_to.send(Reply(request.req_id, False, error))
+            return
+        self._merge_buckets({request.name: props})
+        request.reply_to.send(Reply(request.req_id, True, BucketProps(request.name, *props)))
+
+    def _validate_bucket(self, request: BucketCreate) -> tuple:
+        name = request.name
+        if not isinstance(name, str) or not 0 < len(name) <= 64 or "\x00" in name:
+            raise InvalidRequest("a bucket name is 1..64 characters, without NUL")
+        if request.type not in BUCKET_TYPES:
+            raise InvalidRequest(f"unknown bucket type {request.type!r}; types: {', '.join(BUCKET_TYPES)}")
+        ring_size = len(self.membership.ring.nodes)
+        n = self.default_n if request.n is None else request.n
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidRequest(f"n={n!r} must be a positive integer")
+        if n > ring_size:
+            raise InvalidRequest(f"n={n} is larger than the cluster ({ring_size} nodes)")
+        r = self.default_r if request.r is None else request.r
+        w = self.default_w if request.w is None else request.w
+        resolve("r", r, r, n)
+        resolve("w", w, w, n)
+        return (request.type, n, r, w)
+
+    def _publish_buckets(self) -> None:
+        self.membership.buckets = {name: BucketProps(name, *props) for name, props in self.buckets.items()}
 
     # --- ring changes ---------------------------------------------------------------------
 

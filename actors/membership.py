@@ -8,6 +8,7 @@ readers never lock and never see half an update.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from .ring import Ring
 
@@ -21,6 +22,7 @@ class Membership:
         self.name = name
         self.ring = ring
         self.ring_version = ring_version
+        self.buckets: Mapping[str, Any] = {}       # name -> messages.BucketProps, replaced whole on change
         self._states: Mapping[str, str] = {node: (UP if node == name else DOWN) for node in ring.nodes}
         self._down: frozenset[str] = frozenset(n for n, s in self._states.items() if s != UP)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from storage.crdts import Crdt
 from storage.versions import DVVSet
 
 from . import errors
@@ -21,22 +22,65 @@ Context = tuple  # storage.versions.Context: a sorted tuple of (actor, counter)
 # --- client -> node -----------------------------------------------------------------
 
 class ClientPut(NamedTuple):
-    """Write ``value`` (``None`` deletes: a tombstone) to ``key`` after ``context``."""
+    """Write ``value`` (``None`` deletes: a tombstone) to ``key`` of ``bucket`` after ``context``.
+
+    ``condition``: ``("if_context", ctx)`` or ``("if_absent",)``, checked on the coordinating replica.
+    """
     req_id: int
     key: str
     value: bytes | None
     context: Context = ()
     w: int | str | None = None
     timeout: float | None = None
+    bucket: str = ""
+    condition: tuple | None = None
     reply_to: Any = None
 
 
 class ClientGet(NamedTuple):
-    """Read ``key`` from ``r`` replicas, merged."""
+    """Read ``key`` of ``bucket`` from ``r`` replicas, merged.
+
+    ``min_context`` (sessions): answer only with an object whose context covers it.
+    """
     req_id: int
     key: str
     r: int | str | None = None
     timeout: float | None = None
+    bucket: str = ""
+    min_context: Context | None = None
+    reply_to: Any = None
+
+
+class ClientUpdate(NamedTuple):
+    """Apply a CRDT operation (``("increment", 5)``, ``("add", "milk")``...) to ``key`` of a typed bucket.
+
+    ``op_id`` makes retries idempotent: an operation id already applied is not applied again.
+    """
+    req_id: int
+    bucket: str
+    key: str
+    op: tuple
+    op_id: str
+    w: int | str | None = None
+    timeout: float | None = None
+    reply_to: Any = None
+
+
+class BucketCreate(NamedTuple):
+    """Create bucket ``name`` with its type and its n/r/w (None: the cluster's defaults)."""
+    req_id: int
+    name: str
+    type: str = "siblings"
+    n: int | None = None
+    r: int | str | None = None
+    w: int | str | None = None
+    reply_to: Any = None
+
+
+class BucketInfo(NamedTuple):
+    """Ask for bucket ``name``'s properties."""
+    req_id: int
+    name: str
     reply_to: Any = None
 
 
@@ -66,7 +110,9 @@ class SetFaults(NamedTuple):
     ``delay_ms``: every peer message to or from this node is delayed that long;
     ``loss`` / ``duplicate``: probability that a message this node sends to a peer is
     dropped / sent twice; ``reorder_ms``: each such message is held a random 0..reorder_ms
-    (so messages overtake each other); ``clock_skew``: seconds added to this node's wall clock.
+    (so messages overtake each other); ``clock_skew``: seconds added to this node's wall clock;
+    ``drop_replies``: the next that many answers to clients are lost after the request was
+    carried out (a lost acknowledgement).
     """
     req_id: int
     blocked: tuple[str, ...] = ()
@@ -75,6 +121,7 @@ class SetFaults(NamedTuple):
     duplicate: float = 0.0
     reorder_ms: float = 0.0
     clock_skew: float = 0.0
+    drop_replies: int = 0
     reply_to: Any = None
 
 
@@ -89,6 +136,21 @@ class GetResult(NamedTuple):
     """What a read returns: every live sibling value and one causal context covering them."""
     values: list[bytes]
     context: Context
+
+
+class Value(NamedTuple):
+    """What a read of a CRDT bucket returns: the merged value and its context."""
+    value: Any
+    context: Context
+
+
+class BucketProps(NamedTuple):
+    """A bucket's properties, fixed at creation."""
+    name: str
+    type: str
+    n: int
+    r: int | str
+    w: int | str
 
 
 class LocalObject(NamedTuple):
@@ -108,13 +170,29 @@ class Hello(NamedTuple):
 
 
 class CoordinatePut(NamedTuple):
-    """To the replica that coordinates the version: fold ``value`` after ``context`` into a new dot."""
+    """To the replica that coordinates the version.
+
+    ``kind`` "siblings": fold ``value`` after ``context`` into a new dot; "lww": assign
+    ``value`` with a hybrid-clock timestamp later than the stored one; "crdt:<type>":
+    apply ``op`` (once per ``op_id``). ``condition`` is checked first (``Refused`` if it fails).
+    """
     req_id: int
     coordinator: str
     key: str
     value: bytes | None
     context: Context
     hint_for: str | None = None
+    kind: str = "siblings"
+    op: tuple | None = None
+    op_id: str | None = None
+    condition: tuple | None = None
+
+
+class Refused(NamedTuple):
+    """The coordinating replica refused to build the new version (a failed condition, a bad operation)."""
+    req_id: int
+    node: str
+    error: Any
 
 
 class Built(NamedTuple):
@@ -169,6 +247,8 @@ class Gossip(NamedTuple):
     ring_version: int
     ring: dict[str, Any]
     reply: bool = True
+    buckets: dict[str, tuple] = {}
+    hlc: tuple | None = None
 
 
 class RingChange(NamedTuple):
@@ -285,9 +365,10 @@ WIRE_TYPES: dict[tuple[str, str], type] = {
     for cls in [
         *(obj for obj in list(globals().values())
           if isinstance(obj, type) and issubclass(obj, tuple) and obj.__module__ == __name__ and obj not in _INTERNAL),
-        DVVSet,
+        DVVSet, Crdt,
         errors.InvalidRequest, errors.QuorumValueError, errors.QuorumFailed,
-        errors.RequestTimeout, errors.StorageFull, errors.LeaderlessError,
+        errors.RequestTimeout, errors.StorageFull, errors.LeaderlessError, errors.VersionMismatch,
+        errors.SessionViolation, errors.UnknownBucket,
     ]
 }
 """Every class a frame may name: this module's messages (not the in-process ones), DVVSet, errors."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import pykka
 
+from storage.hlc import HybridClock
 from storage.store import LmdbStore
 
 from .config import ClusterConfig, load_secret
@@ -28,8 +29,9 @@ from .errors import LeaderlessError
 from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
 from .membership import Membership
-from .messages import (Ack, Batch, BatchAck, Built, ClientGet, ClientPut, ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany,
-                       GetManyReply, Gossip, InspectRequest, PutMany, ReapCandidates, ReapCandidatesReply, Reply,
+from .messages import (Ack, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
+                       ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany,
+                       GetManyReply, Gossip, InspectRequest, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, Tick, TreeReply,
                        TreeRequest, Unreachable)
 from .repairer import RepairerActor, RepairSettings
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.05
 _REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates)
-_COORDINATOR = (Ack, Built, ReplicaGetReply)
+_COORDINATOR = (Ack, Built, ReplicaGetReply, Refused)
 _REPAIRER = (BatchAck, GetManyReply, TreeReply, ReapCandidatesReply)
 
 
@@ -58,6 +60,7 @@ class Node:
         self.secret = secret
         self.stats = Stats()
         self.wall = WallClock()
+        self._drop_replies = 0
         self._stopping = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -72,11 +75,15 @@ class Node:
         self.membership = Membership(self.name, ring, version)
         send = self.transport.send
         host, port = config.nodes[self.name]
+        self.hlc = HybridClock(self.name, wall=self.wall.now)
+        saved_buckets = self.store.meta_get("buckets")
         self.gossiper = GossiperActor.start(
             self.name, self.incarnation, (host, port), self.membership, dict(config.nodes), send,
             add_peer=self.transport.add_peer, persist_ring=self._persist_ring, interval=config.gossip_interval,
-            phi_threshold=config.phi_threshold)
-        self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership)
+            phi_threshold=config.phi_threshold, persist_buckets=self._persist_buckets,
+            buckets=json.loads(saved_buckets) if saved_buckets else None, hlc=self.hlc,
+            defaults=(config.n, config.r, config.w))
+        self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership, hlc=self.hlc)
         settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout)
         self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats)
         self.repairer = RepairerActor.start(
@@ -98,6 +105,9 @@ class Node:
             return Ring.from_data(body["ring"]), int(body["version"])
         nodes = self.config.initial_ring_nodes()
         return Ring(nodes, partitions=self.config.partitions, target_n=min(self.config.n, len(nodes))), 0
+
+    def _persist_buckets(self, buckets: dict[str, tuple]) -> None:
+        self.store.meta_put("buckets", json.dumps(buckets).encode())
 
     def _persist_ring(self, ring: Ring, version: int) -> None:
         self.store.meta_put("ring", json.dumps({"version": version, "ring": ring.to_data()}).encode())
@@ -136,15 +146,15 @@ class Node:
         to_repairer: list[Any] = []
         for message in messages:
             if conn is not None:
-                if isinstance(message, (ClientPut, ClientGet)):
-                    to_coordinator.append(message._replace(reply_to=conn))
+                if isinstance(message, (ClientPut, ClientGet, ClientUpdate)):
+                    to_coordinator.append(message._replace(reply_to=self._reply_channel(conn)))
                 elif isinstance(message, InspectRequest):
                     to_replica.append(message._replace(reply_to=conn))
                 elif isinstance(message, StatusRequest):
                     conn.send(Reply(message.req_id, True, self.status()))
                 elif isinstance(message, ConfigRequest):
                     conn.send(Reply(message.req_id, True, self.config_for_joiners()))
-                elif isinstance(message, RingChange):
+                elif isinstance(message, (RingChange, BucketCreate, BucketInfo)):
                     to_gossiper.append(message._replace(reply_to=conn))
                 elif isinstance(message, SetFaults):
                     self.apply_faults(message)
@@ -202,11 +212,16 @@ class Node:
             self._stopping.wait(0.5)
         log.error("node %s could not join the cluster within %.0fs", self.name, timeout)
 
+    def _reply_channel(self, conn: Connection) -> Any:
+        """Where a client request's answer goes: the connection, unless a lost-ack fault is armed."""
+        return _LosingChannel(conn, self) if self._drop_replies > 0 else conn
+
     def apply_faults(self, faults: SetFaults) -> None:
         self.transport.block(faults.blocked)
         self.transport.delay(faults.delay_ms / 1000.0)
         self.transport.degrade(faults.loss, faults.duplicate, faults.reorder_ms / 1000.0)
         self.wall.skew = faults.clock_skew
+        self._drop_replies = faults.drop_replies
         self.faults = faults._replace(reply_to=None)
 
     def _undeliverable(self, dest: str, messages: list[Any]) -> None:
@@ -259,6 +274,22 @@ class Node:
                 self.repairer.tell(tick)
             except pykka.ActorDeadError:
                 return
+
+
+class _LosingChannel:
+    """A client connection whose next reply is lost (the request itself is carried out): a lost ack."""
+
+    def __init__(self, conn: Connection, node: Node) -> None:
+        self.conn = conn
+        self.node = node
+
+    def send(self, message: Any) -> None:
+        if self.node._drop_replies > 0:
+            self.node._drop_replies -= 1
+            self.node.stats.incr("faults.replies_dropped")
+            log.info("fault: dropped a reply to %s", self.conn.name)
+            return
+        self.conn.send(message)
 
 
 def run(name: str, data_dir: str, faults: dict[str, Any] | None = None, join: bool = False) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import versions
+from storage import objects
 
 from .errors import QuorumValueError
 
@@ -108,11 +108,11 @@ class ReadTally:
         return len(self.answers) + len(self.failed) >= len(self.targets)
 
     def merged(self) -> Any:
-        return versions.sync_all(self.answers.values())
+        return objects.merge_all(self.answers.values())
 
     def behind(self) -> list[str]:
         """Replicas whose answer lacks something the merged object has: they need read repair."""
         merged = self.merged()
         if merged is None:
             return []
-        return [node for node, obj in self.answers.items() if not versions.descends(obj, merged)]
+        return [node for node, obj in self.answers.items() if not objects.descends(obj, merged)]

@@ -32,7 +32,7 @@ from typing import Any
 
 import pykka
 
-from storage import merkle, versions
+from storage import merkle, objects
 from storage.store import Store
 
 from .membership import LEAVING, Membership
@@ -270,12 +270,12 @@ class RepairerActor(pykka.ThreadingActor):
         to_me, to_peer = [], []
         for key in mine.keys() | theirs.keys():
             a, b = mine.get(key), theirs.get(key)
-            merged = versions.sync(a, b)
+            merged = objects.merge(a, b)
             if merged is None:
                 continue
-            if a is None or not versions.equal(a, merged):
+            if a is None or not objects.equal(a, merged):
                 to_me.append((key, merged))
-            if b is None or not versions.equal(b, merged):
+            if b is None or not objects.equal(b, merged):
                 to_peer.append((key, merged))
         if to_me:
             self.send(self.name, PutMany(0, self.name, to_me, want_ack=False))
@@ -310,7 +310,7 @@ class RepairerActor(pykka.ThreadingActor):
 
     def _reap_confirmed(self, job: Job) -> None:
         everywhere = [(key, obj) for key, obj in job.data["items"]
-                      if all((held := reply.objects.get(key)) is not None and versions.equal(held, obj)
+                      if all((held := reply.objects.get(key)) is not None and objects.equal(held, obj)
                              for reply in job.replies.values())]
         if not everywhere:
             return

@@ -25,16 +25,19 @@ from typing import Any
 
 import pykka
 
-from storage import versions
+from storage import crdts, objects, versions
+from storage.crdts import Crdt
+from storage.hlc import HybridClock, Timestamp
 from storage.merkle import SEGMENTS, MerkleTree
+from storage.objects import Obj
 from storage.store import Store, StoreFull
 from storage.versions import DVVSet
 
-from .errors import LeaderlessError, StorageFull
+from .errors import InvalidRequest, LeaderlessError, StorageFull, VersionMismatch
 from .membership import Membership
 from .messages import (Ack, Batch, BatchAck, Built, CoordinatePut, DeleteHints, Drop, Flush, GetMany, GetManyReply,
-                       InspectRequest, LocalObject, PutMany, ReapCandidates, ReapCandidatesReply, Reply, ReplicaGet,
-                       ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest)
+                       InspectRequest, LocalObject, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
+                       ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest)
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -54,26 +57,60 @@ def new_actor_id(name: str) -> str:
     return f"{name}.{secrets.token_hex(4)}"
 
 
-def is_tombstone(obj: DVVSet | None) -> bool:
-    return obj is not None and all(v is None for v in versions.values(obj))
-
-
-def local_object(obj: DVVSet | None) -> LocalObject | None:
+def local_object(obj: Obj | None) -> LocalObject | None:
     """The user-facing view of one stored object."""
     if obj is None:
         return None
-    every = versions.values(obj)
-    live = [v for v in every if v is not None]
-    return LocalObject(values=live, tombstone=not live, version=dict(versions.join(obj)), siblings=len(every))
+    siblings = len(versions.values(obj)) if isinstance(obj, DVVSet) else 1
+    return LocalObject(values=objects.live_values(obj), tombstone=objects.is_tombstone(obj),
+                       version=dict(objects.context(obj)), siblings=siblings)
+
+
+def build(current: Obj | None, message: CoordinatePut, actor_id: str, hlc: HybridClock) -> Obj:
+    """The coordinating replica's step: the new object for a put, an LWW put or a CRDT operation.
+
+    Raises VersionMismatch when the request's condition does not hold on ``current``,
+    InvalidRequest for an operation the bucket's type does not have.
+    """
+    condition = message.condition
+    if condition is not None:
+        if condition[0] == "if_absent":
+            if current is not None and not objects.is_tombstone(current):
+                raise VersionMismatch(f"{message.key!r} exists (if_absent)")
+        elif condition[0] == "if_context":
+            if objects.context(current) != tuple(condition[1]):
+                raise VersionMismatch(f"{message.key!r} moved past the expected version")
+    kind = message.kind
+    if kind == "siblings":
+        if current is not None and not isinstance(current, DVVSet):
+            raise InvalidRequest(f"{message.key!r} holds a {current.type}, not a siblings value")
+        return versions.update(current, message.context, message.value, actor_id)
+    if kind == "lww":
+        last = current.state[0] if isinstance(current, Crdt) and current.state else None
+        ts = hlc.after(Timestamp(*last) if last is not None else None)
+        return _apply(current, "register", ("assign", message.value), actor_id, None, ts)
+    if kind.startswith("crdt:"):
+        return _apply(current, kind[5:], tuple(message.op or ()), actor_id, message.op_id, hlc.now())
+    raise InvalidRequest(f"unknown write kind {kind!r}")
+
+
+def _apply(current: Obj | None, type_: str, op: tuple, actor_id: str, op_id: str | None, ts: Timestamp) -> Crdt:
+    if current is not None and not isinstance(current, Crdt):
+        raise InvalidRequest(f"the key holds siblings, not a {type_}")
+    try:
+        return crdts.apply(current, type_, op, actor_id, op_id, ts)
+    except crdts.CrdtError as exc:
+        raise InvalidRequest(str(exc)) from exc
 
 
 class ReplicaActor(pykka.ThreadingActor):
     """Applies writes durably, answers reads, keeps the hash tree."""
 
     def __init__(self, name: str, store: Store, send: Send, stats: Stats, membership: Membership,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hlc: HybridClock | None = None) -> None:
         super().__init__()
         self.name = name
+        self.hlc = hlc or HybridClock(name)
         self.actor_id = new_actor_id(name)
         self.store = store
         self.send = send
@@ -82,8 +119,8 @@ class ReplicaActor(pykka.ThreadingActor):
         self.clock = clock
         self.tree = MerkleTree()
         self.tombstones: dict[str, float] = {}      # key -> when this replica first held its tombstone
-        self._pending: dict[str, DVVSet] = {}
-        self._pending_hints: list[tuple[str, str, DVVSet]] = []
+        self._pending: dict[str, Obj] = {}
+        self._pending_hints: list[tuple[str, str, Obj]] = []
         self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
 
@@ -94,7 +131,7 @@ class ReplicaActor(pykka.ThreadingActor):
         count = 0
         for key, obj in self.store.items():
             self.tree.update(partition_of(key), key, obj)
-            if is_tombstone(obj):
+            if objects.is_tombstone(obj):
                 self.tombstones[key] = now
             count += 1
         log.info("replica %s: hash tree rebuilt over %d keys", self.name, count)
@@ -139,12 +176,16 @@ class ReplicaActor(pykka.ThreadingActor):
 
     # --- writes ------------------------------------------------------------------------
 
-    def _current(self, key: str) -> DVVSet | None:
+    def _current(self, key: str) -> Obj | None:
         obj = self._pending.get(key)
         return obj if obj is not None else self.store.get(key)
 
     def _coordinate_put(self, message: CoordinatePut) -> None:
-        obj = versions.update(self._current(message.key), message.context, message.value, self.actor_id)
+        try:
+            obj = build(self._current(message.key), message, self.actor_id, self.hlc)
+        except LeaderlessError as exc:
+            self.send(message.coordinator, Refused(message.req_id, self.name, exc))
+            return
         self.send(message.coordinator, Built(message.req_id, self.name, obj))
         self._stage(message.key, obj, message.hint_for)
         self._acks.append((message.coordinator, Ack(message.req_id, self.name, True)))
@@ -166,11 +207,11 @@ class ReplicaActor(pykka.ThreadingActor):
             self._acks.append((message.coordinator, BatchAck(message.req_id, self.name, True)))
             self._tell_flush()
 
-    def _merge(self, key: str, obj: DVVSet, hint_for: str | None) -> bool:
+    def _merge(self, key: str, obj: Obj, hint_for: str | None) -> bool:
         """Sync ``obj`` into our copy; True when that changed it (staged for the next commit)."""
         current = self._current(key)
-        merged = versions.sync(current, obj)
-        changed = current is None or not versions.equal(merged, current)
+        merged = objects.merge(current, obj)
+        changed = current is None or not objects.equal(merged, current)
         if changed:
             self._stage(key, merged, hint_for)
         elif hint_for is not None:
@@ -178,7 +219,7 @@ class ReplicaActor(pykka.ThreadingActor):
             self._tell_flush()
         return changed
 
-    def _stage(self, key: str, obj: DVVSet, hint_for: str | None) -> None:
+    def _stage(self, key: str, obj: Obj, hint_for: str | None) -> None:
         self._pending[key] = obj
         if hint_for is not None:
             self._pending_hints.append((hint_for, key, obj))
@@ -221,7 +262,7 @@ class ReplicaActor(pykka.ThreadingActor):
         now = self.clock()
         for key, obj in items:
             self.tree.update(partition_of(key), key, obj)
-            if is_tombstone(obj):
+            if objects.is_tombstone(obj):
                 self.tombstones.setdefault(key, now)
             else:
                 self.tombstones.pop(key, None)
@@ -250,7 +291,7 @@ class ReplicaActor(pykka.ThreadingActor):
         if self._pending:
             self._flush()          # compare against durable state only
         doomed = [key for key, obj in message.items
-                  if (current := self.store.get(key)) is not None and versions.equal(current, obj)]
+                  if (current := self.store.get(key)) is not None and objects.equal(current, obj)]
         if not doomed:
             return
         self.store.apply(deletes=doomed)
@@ -260,15 +301,15 @@ class ReplicaActor(pykka.ThreadingActor):
             self.tombstones.pop(key, None)
         self.stats.incr(f"dropped.{message.reason}", len(doomed))
 
-    def _reap_candidates(self, grace: float) -> list[tuple[str, DVVSet]]:
+    def _reap_candidates(self, grace: float) -> list[tuple[str, Obj]]:
         """Tombstones older than ``grace`` in keys this node leads (first primary), at most 500."""
         limit = self.clock() - grace
-        out: list[tuple[str, DVVSet]] = []
+        out: list[tuple[str, Obj]] = []
         ring = self.membership.ring
         for key, since in list(self.tombstones.items()):
             if since <= limit and ring.primaries(key, 1)[0] == self.name:
                 obj = self.store.get(key)
-                if is_tombstone(obj):
+                if objects.is_tombstone(obj):
                     out.append((key, obj))  # type: ignore[arg-type]
                 if len(out) >= 500:
                     break

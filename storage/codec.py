@@ -18,12 +18,15 @@ import pickle
 from collections.abc import Mapping
 from typing import Any
 
+from storage.crdts import TYPES, Crdt
 from storage.versions import DVVSet
 
-__all__ = ["CodecError", "FORMAT_V1", "decode_object", "dumps", "encode_object", "safe_loads"]
+__all__ = ["CodecError", "FORMAT_CRDT", "FORMAT_V1", "decode_object", "dumps", "encode_object", "safe_loads"]
 
 FORMAT_V1: int = 1
 """Format byte of records whose payload is a pickle of builtin tuples."""
+FORMAT_CRDT: int = 2
+"""Format byte of a CRDT (or lww) record: a pickle of ``(type, state, applied)`` builtins."""
 
 _PROTOCOL = 5
 _BUILTIN_TYPES: frozenset[type] = frozenset(
@@ -71,25 +74,39 @@ def safe_loads(data: bytes, allowed: Mapping[tuple[str, str], type] | None = Non
     return _RestrictedUnpickler(data, allowed or {}).load()
 
 
-def encode_object(obj: DVVSet) -> bytes:
-    """Encode a DVVSet as a record: the format byte, then the payload."""
-    payload = (tuple((actor, n, tuple(vals)) for actor, n, vals in obj.entries), tuple(obj.anonymous))
+def encode_object(obj: DVVSet | Crdt) -> bytes:
+    """Encode a stored object as a record: the format byte, then the payload.
+
+    Format 1 is a DVVSet (a siblings key); format 2 a `Crdt` (an lww or CRDT key):
+    ``(type, state, applied)``, builtins only.
+    """
+    payload: Any
+    if isinstance(obj, Crdt):
+        fmt, payload = FORMAT_CRDT, (obj.type, obj.state, tuple(obj.applied))
+    else:
+        fmt, payload = FORMAT_V1, (tuple((actor, n, tuple(vals)) for actor, n, vals in obj.entries),
+                                   tuple(obj.anonymous))
     buffer = io.BytesIO()
-    buffer.write(bytes((FORMAT_V1,)))
+    buffer.write(bytes((fmt,)))
     _BuiltinsPickler(buffer, protocol=_PROTOCOL).dump(payload)
     return buffer.getvalue()
 
 
-def decode_object(data: bytes) -> DVVSet:
+def decode_object(data: bytes) -> DVVSet | Crdt:
     """Decode a record made by `encode_object`; raise `CodecError` if it is not one."""
     if not data:
         raise CodecError("empty record")
-    if data[0] != FORMAT_V1:
+    if data[0] not in (FORMAT_V1, FORMAT_CRDT):
         raise CodecError(f"unknown record format byte {data[0]}")
     try:
         payload = safe_loads(bytes(data[1:]))
     except Exception as exc:  # a corrupt pickle can fail in many ways
         raise CodecError(f"corrupt record payload: {exc!r}") from exc
+    if data[0] == FORMAT_CRDT:
+        if not (isinstance(payload, tuple) and len(payload) == 3 and payload[0] in TYPES
+                and isinstance(payload[2], tuple)):
+            raise CodecError("corrupt record: not a (type, state, applied) CRDT")
+        return Crdt(*payload)
     return _to_dvvset(payload)
 
 

@@ -46,6 +46,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from storage.crdts import Crdt
 from storage.versions import DVVSet
 
 __all__ = [
@@ -127,7 +128,7 @@ def _encoded(value: Any) -> bytes:
     return b"".join(parts)
 
 
-def object_hash(key: str, obj: DVVSet | None) -> int:
+def object_hash(key: str, obj: DVVSet | Crdt | None) -> int:
     """A 64-bit digest of `key` and `obj`; 0 for None (no object), never 0 otherwise.
 
     Equal DVVSets (``==``) give equal hashes on every node and in every process:
@@ -140,6 +141,9 @@ def object_hash(key: str, obj: DVVSet | None) -> int:
     digest = hashlib.blake2b(digest_size=8, person=_PERSON)
     raw_key = key.encode("utf-8")
     digest.update(_LENGTH.pack(len(raw_key)) + raw_key)
+    if isinstance(obj, Crdt):       # an lww or CRDT key: its type, canonical state and applied op ids
+        _encode(("crdt", obj.type, obj.state, tuple(obj.applied)), digest.update)
+        return int.from_bytes(digest.digest(), "big") or 1
     digest.update(_LENGTH.pack(len(obj.entries)))
     for actor, counter, vals in obj.entries:
         _encode(actor, digest.update)

@@ -156,7 +156,15 @@ def test_a_node_started_elsewhere_joins_through_a_seed_and_leaves_on_command(mak
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while "b1" not in cluster.status()["n1"]["ring_nodes"]:
+
+        def everyone_has_b1() -> bool:
+            try:
+                with connect(str(elsewhere)) as client:
+                    return all("b1" in s.get("ring_nodes", ()) for s in client.status_all().values())
+            except LeaderlessError:
+                return False
+
+        while not everyone_has_b1():
             assert proc.poll() is None and time.monotonic() < deadline, "b1 did not join"
             time.sleep(0.1)
         assert set(json.loads((elsewhere / "cluster.json").read_text())["nodes"]) == {"n1", "n2", "n3", "b1"}

@@ -1,0 +1,305 @@
+"""Workloads: client threads that drive a cluster during a chaos run and record every op.
+
+    workload = make_workload("set", cluster, history, seed=7)
+    workload.start()
+    ...                                   # the nemesis breaks things meanwhile
+    workload.stop()
+    finals = workload.final_reads(cluster.client())
+    verdict = workload.check(finals)
+
+- ``set``: several threads add unique elements (``"p3-17"``) to a few keys in siblings
+  mode: read, union the elements of every sibling, add one, write back with the read's
+  context. A failed attempt is retried (a bounded number of times) from a fresh read.
+- ``register``: one writer thread per single-writer key writes increasing integers;
+  several writers share each multi-writer key; every write reads first and writes with
+  that read's context; reader threads read random keys (for stale-read counting).
+- ``counter``: needs CRDT counters (issue 5); ``check_counter`` is ready for it.
+
+Each thread has its own ``Client`` bound to two nodes (spread round the cluster), so a
+fault near "its" nodes shows up as failed or indeterminate ops. Every loop is bounded in
+op count and, through ``stop()``, in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .checker import check_register, check_set
+from .client import Client
+from .errors import InvalidRequest, LeaderlessError
+from .history import History, outcome_of
+
+log = logging.getLogger(__name__)
+
+WORKLOADS = ("set", "register", "counter")
+COUNTER_PENDING = "counter workload needs CRDT counters (issue 5)"
+_SPLIT = re.compile(r"[,\n]")
+
+
+def parse_set(values: Iterable[bytes]) -> set[str]:
+    """The union of the elements of every sibling (each a comma- or newline-separated set)."""
+    out: set[str] = set()
+    for value in values:
+        out.update(part for part in _SPLIT.split(bytes(value).decode("utf-8", "backslashreplace")) if part)
+    return out
+
+
+def encode_set(elements: Iterable[str]) -> bytes:
+    return ",".join(sorted(elements)).encode()
+
+
+def parse_register(values: Iterable[bytes]) -> list[Any]:
+    """Register values: integers (anything else is kept as text, and will count as unexpected)."""
+    out: list[Any] = []
+    for value in values:
+        text = bytes(value).decode("utf-8", "backslashreplace")
+        out.append(int(text) if text.lstrip("-").isdigit() else text)
+    return sorted(out, key=lambda v: (isinstance(v, str), v))
+
+
+class Workload:
+    """Client threads against a cluster; subclasses say what one thread does."""
+
+    name = ""
+
+    def __init__(self, cluster: Any, history: History, *, seed: int = 0, client_timeout: float = 1.0,
+                 pause_s: float = 0.005, max_ops: int = 100_000) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.seed = seed
+        self.client_timeout = client_timeout
+        self.pause_s = pause_s
+        self.max_ops = max_ops
+        self.keys: list[str] = []
+        self.errors: list[str] = []           # unexpected exceptions in threads (bugs, not faults)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._clients: list[Client] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for proc, target in enumerate(self._plan()):
+            nodes = self.cluster.nodes
+            home = [nodes[proc % len(nodes)], nodes[(proc + 1) % len(nodes)]]
+            client = self.cluster.client(nodes=home, timeout=self.client_timeout)
+            self._clients.append(client)
+            thread = threading.Thread(target=self._guard, args=(target, proc, client),
+                                      name=f"{self.name}-p{proc}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask every thread to stop, wait for them (each finishes its current op), close clients."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+            if thread.is_alive():
+                self.errors.append(f"thread {thread.name} did not stop within {timeout}s")
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _guard(self, target: Any, proc: int, client: Client) -> None:
+        try:
+            target(proc, client, random.Random(f"{self.seed}/{proc}"))
+        except Exception as exc:          # a bug in the workload or the client, not a fault
+            log.exception("workload thread p%d failed", proc)
+            self.errors.append(f"p{proc}: {type(exc).__name__}: {exc}")
+
+    def _plan(self) -> list[Any]:
+        """One target function per thread."""
+        raise NotImplementedError
+
+    def _wait(self, attempt: int = 0) -> bool:
+        """Pause between ops (longer after failures); False when the workload is stopping."""
+        return not self._stop.wait(self.pause_s + min(0.5, 0.05 * attempt))
+
+    # --- client calls ----------------------------------------------------------------------
+
+    def _get(self, client: Client, key: str) -> Any:
+        return client.get_async(key).get(timeout=self.client_timeout + 1.0)
+
+    def _put(self, client: Client, key: str, value: bytes, context: Any) -> Any:
+        return client.put_async(key, value, context=context).get(timeout=self.client_timeout + 1.0)
+
+    def _read(self, client: Client, proc: int, key: str, parse: Any) -> Any:
+        """A recorded read: ``(parsed values, context)``, or ``None`` when it failed."""
+        handle = self.history.invoke(proc, "read", key)
+        try:
+            result = self._get(client, key)
+        except LeaderlessError as exc:
+            self.history.complete(handle, outcome_of("read", exc), f"{type(exc).__name__}: {exc}")
+            return None
+        except BaseException as exc:
+            self.history.complete(handle, "fail", f"{type(exc).__name__}: {exc}")
+            raise
+        values = parse(result.values)
+        self.history.complete(handle, "ok", sorted(values, key=str))
+        return values, result.context
+
+    # --- after the run ---------------------------------------------------------------------
+
+    def final_reads(self, client: Client, r: int | str = "all", attempts: int = 5) -> dict[str, Any]:
+        """Read every key at ``r`` (retried); a key whose read keeps failing maps to ``None``."""
+        out: dict[str, Any] = {}
+        for key in self.keys:
+            out[key] = None
+            for attempt in range(attempts):
+                handle = self.history.invoke("final", "final-read", key)
+                try:
+                    result = client.get(key, r=r, timeout=5.0)
+                except LeaderlessError as exc:
+                    self.history.complete(handle, "fail", f"{type(exc).__name__}: {exc}")
+                    self._stop.wait(0.5 * (attempt + 1))
+                    continue
+                out[key] = self._final_value(result.values)
+                self.history.complete(handle, "ok", out[key])
+                break
+        return out
+
+    def _final_value(self, values: list[bytes]) -> Any:
+        raise NotImplementedError
+
+    def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SetWorkload(Workload):
+    """Unique elements added to a few keys by read, merge siblings, add, write back with the context."""
+
+    name = "set"
+
+    def __init__(self, cluster: Any, history: History, *, clients: int = 5, keys: int = 3, attempts: int = 4,
+                 **kwargs: Any) -> None:
+        super().__init__(cluster, history, **kwargs)
+        self.clients = clients
+        self.attempts = attempts
+        self.keys = [f"set:{i}" for i in range(keys)]
+
+    def _plan(self) -> list[Any]:
+        return [self._adder] * self.clients
+
+    def _adder(self, proc: int, client: Client, rng: random.Random) -> None:
+        for seq in range(self.max_ops):
+            if not self._wait():
+                return
+            self._add(proc, client, rng.choice(self.keys), f"p{proc}-{seq}")
+
+    def _add(self, proc: int, client: Client, key: str, element: str) -> None:
+        handle = self.history.invoke(proc, "add", key, element)
+        indeterminate = False
+        error: BaseException | None = None
+        attempt = 0
+        while attempt < self.attempts:
+            if attempt and not self._wait(attempt):
+                break
+            attempt += 1
+            read = self._read(client, proc, key, parse_set)
+            if read is None:
+                continue                       # nothing was written: this attempt certainly failed
+            elements, context = read
+            try:
+                self._put(client, key, encode_set(elements | {element}), context)
+            except InvalidRequest as exc:      # refused: retrying will not help
+                error = exc
+                break
+            except LeaderlessError as exc:     # may have been applied
+                indeterminate, error = True, exc
+                continue
+            except BaseException:
+                self.history.complete(handle, "info", {"attempts": attempt, "error": "workload crashed"})
+                raise
+            self.history.complete(handle, "ok", {"attempts": attempt})
+            return
+        detail = {"attempts": attempt, "error": f"{type(error).__name__}: {error}" if error else "read failed"}
+        self.history.complete(handle, "info" if indeterminate else "fail", detail)
+
+    def _final_value(self, values: list[bytes]) -> list[str]:
+        return sorted(parse_set(values))
+
+    def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
+        return check_set(self.history, final_reads)
+
+
+class RegisterWorkload(Workload):
+    """Single-writer keys (one thread each, increasing integers) and multi-writer keys, plus readers."""
+
+    name = "register"
+
+    def __init__(self, cluster: Any, history: History, *, single_keys: int = 3, multi_keys: int = 2,
+                 writers_per_key: int = 2, readers: int = 2, **kwargs: Any) -> None:
+        super().__init__(cluster, history, **kwargs)
+        self.single = [f"reg:single:{i}" for i in range(single_keys)]
+        self.multi = [f"reg:multi:{i}" for i in range(multi_keys)]
+        self.writers_per_key = writers_per_key
+        self.readers = readers
+        self.keys = self.single + self.multi
+
+    def _plan(self) -> list[Any]:
+        plan: list[Any] = [self._writer(key) for key in self.single]
+        plan += [self._writer(key) for key in self.multi for _ in range(self.writers_per_key)]
+        plan += [self._reader] * self.readers
+        return plan
+
+    def _writer(self, key: str) -> Any:
+        def write_loop(proc: int, client: Client, rng: random.Random) -> None:
+            for seq in range(1, self.max_ops + 1):
+                if not self._wait():
+                    return
+                self._write(proc, client, key, proc * 1_000_000 + seq)   # unique per key, increasing per writer
+        return write_loop
+
+    def _write(self, proc: int, client: Client, key: str, value: int) -> None:
+        handle = self.history.invoke(proc, "write", key, value)
+        read = self._read(client, proc, key, parse_register)
+        if read is None:
+            self.history.complete(handle, "fail", {"observed": None, "error": "read failed"})
+            return
+        observed, context = read
+        try:
+            self._put(client, key, str(value).encode(), context)
+        except LeaderlessError as exc:
+            self.history.complete(handle, outcome_of("write", exc),
+                                  {"observed": observed, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        except BaseException:
+            self.history.complete(handle, "info", {"observed": observed, "error": "workload crashed"})
+            raise
+        self.history.complete(handle, "ok", {"observed": observed})
+
+    def _reader(self, proc: int, client: Client, rng: random.Random) -> None:
+        for _ in range(self.max_ops):
+            if not self._wait():
+                return
+            self._read(client, proc, rng.choice(self.keys), parse_register)
+
+    def _final_value(self, values: list[bytes]) -> list[Any]:
+        return parse_register(values)
+
+    def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
+        return check_register(self.history, final_reads)
+
+
+def make_workload(name: str, cluster: Any, history: History, **kwargs: Any) -> Workload:
+    """The workload called ``name`` (``set`` or ``register``); ``counter`` waits for CRDT counters."""
+    if name == "set":
+        return SetWorkload(cluster, history, **kwargs)
+    if name == "register":
+        return RegisterWorkload(cluster, history, **kwargs)
+    if name == "counter":
+        raise InvalidRequest(COUNTER_PENDING)
+    raise InvalidRequest(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+
+
+__all__ = ["COUNTER_PENDING", "RegisterWorkload", "SetWorkload", "WORKLOADS", "Workload", "encode_set",
+           "make_workload", "parse_register", "parse_set"]
