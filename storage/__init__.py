@@ -1,9 +1,13 @@
 """Single-node storage of leaderless: version sets, the record codec and the store.
 
+Further modules, imported by name: `storage.crdts` (server-merged data types),
+`storage.hlc` (hybrid logical clock), `storage.objects` (what a key holds, whatever its
+bucket type), `storage.merkle` (anti-entropy hash trees).
+
 Pure and local: nothing here imports `actors`, opens sockets or starts actors.
 """
 
-from storage.codec import FORMAT_V1, CodecError, decode_object, dumps, encode_object, safe_loads
+from storage.codec import FORMAT_CRDT, FORMAT_V1, CodecError, decode_object, dumps, encode_object, safe_loads
 from storage.store import Hint, LmdbStore, MemoryStore, Store, StoreError, StoreFull, open_store
 from storage.versions import (
     EMPTY,
@@ -26,6 +30,7 @@ __all__ = [
     "Context",
     "DVVSet",
     "EMPTY",
+    "FORMAT_CRDT",
     "FORMAT_V1",
     "Hint",
     "LmdbStore",

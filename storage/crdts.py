@@ -251,7 +251,7 @@ def _unpack(op: Any, type_: str, arities: dict[str, int]) -> tuple[str, tuple[An
     if not isinstance(op, (tuple, list)) or not op:
         raise CrdtError(f"a {type_} operation is a non-empty tuple, not {op!r}")
     name, args = op[0], tuple(op[1:])
-    if name not in arities:
+    if not isinstance(name, str) or name not in arities:
         raise CrdtError(f"{type_} has no operation {name!r}; expected one of {', '.join(arities)}")
     if len(args) != arities[name]:
         raise CrdtError(f"{type_} operation {name!r} takes {arities[name]} argument(s), got {len(args)}: {op!r}")
@@ -573,7 +573,9 @@ def value(obj: Crdt | None) -> Any:
 def context(obj: Crdt | None) -> tuple[tuple[str, int], ...]:
     """A version vector, sorted ``(actor, counter)`` pairs, that grows with every applied operation.
 
-    A register's is ``(("@hlc", pack(timestamp)),)``. Sessions compare these pointwise.
+    A register's is ``(("@hlc", pack(timestamp)),)`` of the winning write: it grows with every
+    assignment that wins (one stamped by ``clock.after(stored timestamp)`` always does).
+    Sessions compare these pointwise.
     """
     if obj is None:
         return ()
