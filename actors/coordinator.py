@@ -161,11 +161,13 @@ class CoordinatorActor(pykka.ThreadingActor):
     """Runs every quorum request this node coordinates."""
 
     def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 send_many: Callable[[list[str], Any], None] | None = None) -> None:
         super().__init__()
         self.name = name
         self.membership = membership
         self.send = send
+        self.send_many = send_many or (lambda dests, message: [send(dest, message) for dest in dests])
         self.settings = settings
         self.stats = stats
         self.clock = clock
@@ -323,8 +325,11 @@ class CoordinatorActor(pykka.ThreadingActor):
             return
         request.obj = message.obj
         request.state = "waiting_acks"
+        plain = [node for node, hint in request.targets if node != request.coordinating and hint is None]
+        if plain:
+            self.send_many(plain, ReplicaPut(req_id, self.name, request.key, message.obj, None))
         for node, hint in request.targets:
-            if node != request.coordinating:
+            if node != request.coordinating and hint is not None:
                 self.send(node, ReplicaPut(req_id, self.name, request.key, message.obj, hint))
 
     def _on_ack(self, req_id: int, request: PutRequest, message: Ack) -> None:

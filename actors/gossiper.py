@@ -74,6 +74,7 @@ class GossiperActor(pykka.ThreadingActor):
         self.detectors: dict[str, PhiDetector] = {}
         self._next_round = 0.0
         self._published: dict[str, str] = {}
+        self._ring_cache: tuple[Any, dict[str, Any]] = (None, {})
 
     # --- messages ------------------------------------------------------------------------
 
@@ -123,9 +124,16 @@ class GossiperActor(pykka.ThreadingActor):
             chosen.append(self.rng.choice(dead))
         return chosen
 
+    def _ring_data(self) -> dict[str, Any]:
+        """The current ring as builtins, computed once per ring (gossip sends it every round)."""
+        ring = self.membership.ring
+        if self._ring_cache[0] is not ring:
+            self._ring_cache = (ring, ring.to_data())
+        return self._ring_cache[1]
+
     def _message(self, reply: bool) -> Gossip:
         return Gossip(self.name, dict(self.endpoints), self.membership.ring_version,
-                      self.membership.ring.to_data(), reply, dict(self.buckets),
+                      self._ring_data(), reply, dict(self.buckets),
                       tuple(self.hlc.now()) if self.hlc is not None else None)
 
     def _merge(self, gossip: Gossip) -> None:
@@ -154,7 +162,7 @@ class GossiperActor(pykka.ThreadingActor):
         if version < mine:
             return
         if version == mine:
-            current = self.membership.ring.to_data()
+            current = self._ring_data()
             if data == current or repr(data["owners"]) <= repr(current["owners"]):
                 return
         try:

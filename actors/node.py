@@ -85,13 +85,17 @@ class Node:
             defaults=(config.n, config.r, config.w))
         self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership, hlc=self.hlc)
         settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout)
-        self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats)
+        self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
+                                                  send_many=self.transport.send_many)
         self.repairer = RepairerActor.start(
             self.name, self.store, self.membership, send, self.gossiper, self.stats,
             RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,
                            handoff_interval=config.handoff_interval, aae_interval=config.aae_interval,
                            tombstone_grace=config.tombstone_grace, reap_interval=config.reap_interval))
         self.apply_faults(faults or SetFaults(0))
+        self._routes: dict[type, Any] = {
+            **{cls: self.replica for cls in _REPLICA}, **{cls: self.coordinator for cls in _COORDINATOR},
+            **{cls: self.repairer for cls in _REPAIRER}, Gossip: self.gossiper}
         self.transport.listen(host, port)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.name}", daemon=True)
         self._ticker.start()
@@ -140,46 +144,64 @@ class Node:
 
     def deliver(self, messages: list[Any], conn: Connection | None) -> None:
         """Route a batch from the transport to the actors, one ``Batch`` per actor."""
+        if conn is None:
+            self._deliver_internal(messages)
+            return
         to_replica: list[Any] = []
         to_coordinator: list[Any] = []
         to_gossiper: list[Any] = []
-        to_repairer: list[Any] = []
         for message in messages:
-            if conn is not None:
-                if isinstance(message, (ClientPut, ClientGet, ClientUpdate)):
-                    to_coordinator.append(message._replace(reply_to=self._reply_channel(conn)))
-                elif isinstance(message, InspectRequest):
-                    to_replica.append(message._replace(reply_to=conn))
-                elif isinstance(message, StatusRequest):
-                    conn.send(Reply(message.req_id, True, self.status()))
-                elif isinstance(message, ConfigRequest):
-                    conn.send(Reply(message.req_id, True, self.config_for_joiners()))
-                elif isinstance(message, (RingChange, BucketCreate, BucketInfo)):
-                    to_gossiper.append(message._replace(reply_to=conn))
-                elif isinstance(message, SetFaults):
-                    self.apply_faults(message)
-                    conn.send(Reply(message.req_id, True, None))
-                else:
-                    log.warning("closing client %s: unexpected %s", conn.name, type(message).__name__)
-                    conn.close()
-                    return
-            elif isinstance(message, _REPLICA):
-                to_replica.append(message)
-            elif isinstance(message, _COORDINATOR):
-                to_coordinator.append(message)
-            elif isinstance(message, _REPAIRER):
-                to_repairer.append(message)
-            elif isinstance(message, Gossip):
-                to_gossiper.append(message)
+            if isinstance(message, (ClientPut, ClientGet, ClientUpdate)):
+                to_coordinator.append(message._replace(reply_to=self._reply_channel(conn)))
+            elif isinstance(message, InspectRequest):
+                to_replica.append(message._replace(reply_to=conn))
+            elif isinstance(message, StatusRequest):
+                conn.send(Reply(message.req_id, True, self.status()))
+            elif isinstance(message, ConfigRequest):
+                conn.send(Reply(message.req_id, True, self.config_for_joiners()))
+            elif isinstance(message, (RingChange, BucketCreate, BucketInfo)):
+                to_gossiper.append(message._replace(reply_to=conn))
+            elif isinstance(message, SetFaults):
+                self.apply_faults(message)
+                conn.send(Reply(message.req_id, True, None))
             else:
-                log.warning("node %s dropped unexpected peer message %s", self.name, type(message).__name__)
+                log.warning("closing client %s: unexpected %s", conn.name, type(message).__name__)
+                conn.close()
+                return
         for ref, batch in ((self.replica, to_replica), (self.coordinator, to_coordinator),
-                           (self.gossiper, to_gossiper), (self.repairer, to_repairer)):
+                           (self.gossiper, to_gossiper)):
             if batch:
                 try:
                     ref.tell(batch[0] if len(batch) == 1 else Batch(batch))
                 except pykka.ActorDeadError:
                     log.debug("node %s is stopping; %d messages dropped", self.name, len(batch))
+
+    def _deliver_internal(self, messages: list[Any]) -> None:
+        """Messages from peers (or from this node to itself): routed by type, one dict lookup each."""
+        routes = self._routes
+        if len(messages) == 1:                       # the local fast path: coordinator <-> own replica
+            message = messages[0]
+            ref = routes.get(type(message))
+            if ref is None:
+                log.warning("node %s dropped unexpected peer message %s", self.name, type(message).__name__)
+                return
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                pass
+            return
+        groups: dict[str, tuple[Any, list[Any]]] = {}
+        for message in messages:
+            ref = routes.get(type(message))
+            if ref is None:
+                log.warning("node %s dropped unexpected peer message %s", self.name, type(message).__name__)
+                continue
+            groups.setdefault(ref.actor_urn, (ref, []))[1].append(message)
+        for ref, batch in groups.values():
+            try:
+                ref.tell(batch[0] if len(batch) == 1 else Batch(batch))
+            except pykka.ActorDeadError:
+                log.debug("node %s is stopping; %d messages dropped", self.name, len(batch))
 
     def config_for_joiners(self) -> dict[str, Any]:
         """The cluster configuration as this node knows it now, for a node joining from elsewhere."""

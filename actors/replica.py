@@ -28,6 +28,7 @@ import pykka
 from storage import crdts, objects, versions
 from storage.crdts import Crdt
 from storage.hlc import HybridClock, Timestamp
+from storage import merkle
 from storage.merkle import SEGMENTS, MerkleTree
 from storage.objects import Obj
 from storage.store import Store, StoreFull
@@ -258,10 +259,11 @@ class ReplicaActor(pykka.ThreadingActor):
             self.send(dest, ack)
 
     def _index(self, items: Any) -> None:
-        partition_of = self.membership.ring.partition_of
+        partition_of_hash = self.membership.ring.partition_of_hash
         now = self.clock()
         for key, obj in items:
-            self.tree.update(partition_of(key), key, obj)
+            khash = merkle.key_hash(key)
+            self.tree.update(partition_of_hash(khash), key, obj, khash)
             if objects.is_tombstone(obj):
                 self.tombstones.setdefault(key, now)
             else:

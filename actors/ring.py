@@ -695,6 +695,10 @@ class Ring:
         """The partition ``key`` hashes into: ``key_hash(key) // (2**160 // Q)``."""
         return self.key_hash(key) >> self._shift
 
+    def partition_of_hash(self, khash: int) -> int:
+        """The partition of a key whose ``key_hash`` is known already."""
+        return khash >> self._shift
+
     def walk(self, partition: int) -> tuple[str, ...]:
         """All nodes in clockwise order of first appearance starting at ``partition``."""
         return self._walk_table[partition % self.partitions]

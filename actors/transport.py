@@ -356,14 +356,18 @@ class Transport:
             with self._lock:
                 self._peers[name] = address
 
-    def send(self, dest: str, message: Any) -> None:
-        """Send to a peer (or to this node itself, delivered locally). Never blocks."""
+    def send(self, dest: str, message: Any, data: bytes | None = None) -> None:
+        """Send to a peer (or to this node itself, delivered locally). Never blocks.
+
+        ``data`` is the message already encoded (``send_many`` encodes once for many peers).
+        """
         if dest == self.name:
             self._deliver([message], None)
             return
         if dest in self._blocked:
             return
-        data = encode(message)
+        if data is None:
+            data = encode(message)
         copies = 1
         if self._loss or self._duplicate:
             if self._rng.random() < self._loss:
@@ -384,8 +388,12 @@ class Transport:
             link.send(data, message)
 
     def send_many(self, dests: Iterable[str], message: Any) -> None:
+        """Send one message to several nodes, encoding it once."""
+        data: bytes | None = None
         for dest in dests:
-            self.send(dest, message)
+            if dest != self.name and data is None:
+                data = encode(message)
+            self.send(dest, message, data)
 
     def _link(self, dest: str) -> PeerLink | None:
         link = self._links.get(dest)

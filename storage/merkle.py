@@ -141,16 +141,45 @@ def object_hash(key: str, obj: DVVSet | Crdt | None) -> int:
     digest = hashlib.blake2b(digest_size=8, person=_PERSON)
     raw_key = key.encode("utf-8")
     digest.update(_LENGTH.pack(len(raw_key)) + raw_key)
-    if isinstance(obj, Crdt):       # an lww or CRDT key: its type, canonical state and applied op ids
+    if not _plain(obj) and isinstance(obj, DVVSet):
+        obj = _bytes_values(obj)        # bytearray == bytes: give equal objects one encoding
+    if _plain(obj):
+        # Fast path (every write goes through here): the repr of builtin tuples of str, int,
+        # bytes and None is canonical, and computed in C.
+        body = (obj.type, obj.state, tuple(obj.applied)) if isinstance(obj, Crdt) else (obj.entries, obj.anonymous)
+        digest.update(b"r" + repr(body).encode("utf-8", "surrogatepass"))
+    elif isinstance(obj, Crdt):
+        digest.update(b"e")
         _encode(("crdt", obj.type, obj.state, tuple(obj.applied)), digest.update)
-        return int.from_bytes(digest.digest(), "big") or 1
-    digest.update(_LENGTH.pack(len(obj.entries)))
-    for actor, counter, vals in obj.entries:
-        _encode(actor, digest.update)
-        _encode(counter, digest.update)
-        _encode(tuple(vals), digest.update)
-    _encode(tuple(obj.anonymous), digest.update)
+    else:
+        digest.update(b"e")
+        digest.update(_LENGTH.pack(len(obj.entries)))
+        for actor, counter, vals in obj.entries:
+            _encode(actor, digest.update)
+            _encode(counter, digest.update)
+            _encode(tuple(vals), digest.update)
+        _encode(tuple(obj.anonymous), digest.update)
     return int.from_bytes(digest.digest(), "big") or 1  # keep 0 for "absent"
+
+
+_PLAIN = (bytes, str, type(None))
+
+
+def _bytes_values(obj: DVVSet) -> DVVSet:
+    def fix(v: Any) -> Any:
+        return bytes(v) if isinstance(v, (bytearray, memoryview)) else v
+    return DVVSet(tuple((a, n, tuple(fix(v) for v in vals)) for a, n, vals in obj.entries),
+                  tuple(fix(v) for v in obj.anonymous))
+
+
+def _plain(obj: DVVSet | Crdt) -> bool:
+    """True when every value of a DVVSet is bytes, str or None (what clients store), so its repr
+    is canonical; anything else (numbers that compare equal across types, sets...) takes the
+    slower canonical encoding. CRDT states are canonical by construction."""
+    if isinstance(obj, Crdt):
+        return True
+    return all(type(v) in _PLAIN for _, _, vals in obj.entries for v in vals) and \
+        all(type(v) in _PLAIN for v in obj.anonymous)
 
 
 def _index(value: Any, limit: int, what: str) -> int:
@@ -187,10 +216,13 @@ class MerkleTree:
         self._partitions: dict[int, _Partition] = {}
         self._count = 0
 
-    def update(self, partition: int, key: str, obj: DVVSet | None) -> None:
-        """Set the object of `key` in `partition` (None removes the key); O(1)."""
+    def update(self, partition: int, key: str, obj: DVVSet | Crdt | None, khash: int | None = None) -> None:
+        """Set the object of `key` in `partition` (None removes the key); O(1).
+
+        ``khash`` is `key_hash(key)` when the caller has it already.
+        """
         new = object_hash(key, obj)
-        segment = segment_of(key_hash(key))
+        segment = segment_of(key_hash(key) if khash is None else khash)
         tree = self._partitions.get(partition)
         if tree is None:
             if not new:

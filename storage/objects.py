@@ -81,7 +81,7 @@ def is_tombstone(obj: Obj | None) -> bool:
     if obj is None:
         return False
     if isinstance(obj, DVVSet):
-        return all(v is None for v in versions.values(obj))
+        return all(v is None for v in obj.anonymous) and all(v is None for _, _, vals in obj.entries for v in vals)
     return obj.type == "register" and crdts.value(obj) is None
 
 

@@ -122,6 +122,8 @@ def _dots(obj: DVVSet | None) -> set[tuple[str, int]]:
 
 def equal(a: DVVSet | None, b: DVVSet | None) -> bool:
     """True when `a` and `b` have the same causal history and hold the same dots."""
+    if a == b:                       # the common case (replicas agree), decided in C
+        return True
     return join(a) == join(b) and _dots(a) == _dots(b)
 
 
@@ -167,12 +169,15 @@ def sync(a: DVVSet | None, b: DVVSet | None) -> DVVSet | None:
     """Merge two replicas' states, keeping every value the other side has not superseded."""
     if a is None or b is None:
         return b if a is None else a
+    if a == b:                       # replicas that agree: nothing to merge (sync is idempotent)
+        return a
     ea, eb = _entries(a), _entries(b)
     entries = tuple(
         (actor, *_merge_entry(*ea.get(actor, (0, ())), *eb.get(actor, (0, ()))))
         for actor in sorted(ea.keys() | eb.keys())
     )
-    return DVVSet(entries, _merge_anonymous(a, b))
+    anonymous = _merge_anonymous(a, b) if a.anonymous or b.anonymous else ()
+    return DVVSet(entries, anonymous)
 
 
 def sync_all(objects: Iterable[DVVSet | None]) -> DVVSet | None:

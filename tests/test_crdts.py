@@ -438,7 +438,8 @@ def run(type_: str, history: list[Step], oracle: Oracle) -> tuple[Seen, dict[str
         stamp = Timestamp(pick, token, actor)  # random wall clocks; the logical part keeps stamps distinct
         if kind == "op":
             updated = apply(obj, type_, op, actor, f"op-{token}", stamp)
-            assert descends(updated, obj) and context(updated) != context(obj) or type_ == "register"
+            assert descends(updated, obj)
+            assert context(updated) != context(obj) or type_ == "register"  # a losing assignment moves nothing
             current[actor] = (updated, oracle.apply(model, op, actor, stamp, token))
             sent.append((f"op-{token}", op))
         elif kind == "merge":
