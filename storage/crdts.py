@@ -117,6 +117,9 @@ FIELD_TYPES = ("counter", "set", "register", "flag")
 """The types a map field can have."""
 
 WINDOW_MS = 3_600_000
+MAX_APPLIED = 1000
+"""At most this many operation ids are remembered per key (the newest): on a hot key, a retry
+older than the last 1,000 operations could apply twice. Keeps objects small (about 15 KB of ids)."""
 """How long operation ids are remembered, in milliseconds of the object's own time."""
 
 Dot = tuple[str, int]
@@ -487,7 +490,12 @@ def _trim(applied: dict[str, int]) -> tuple[tuple[str, int], ...]:
     if not applied:
         return ()
     horizon = max(applied.values()) - WINDOW_MS
-    return tuple(sorted((op_id, wall) for op_id, wall in applied.items() if wall >= horizon))
+    kept = [(op_id, wall) for op_id, wall in applied.items() if wall >= horizon]
+    if len(kept) > MAX_APPLIED:
+        # Bounded on hot keys too: keep the MAX_APPLIED newest (by stamp, then id). The top K
+        # of a union is the top K of the union of the parts' top Ks, so merge stays associative.
+        kept = sorted(kept, key=lambda item: (item[1], item[0]))[-MAX_APPLIED:]
+    return tuple(sorted(kept))
 
 
 def _merge_applied(a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:

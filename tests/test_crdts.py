@@ -573,3 +573,33 @@ def test_commuting_operations_give_one_value_whatever_their_order_replicas_and_m
     ops = [(op, Timestamp(pick, token, actor))
            for token, (kind, actor, pick, op) in enumerate(history, start=1) if kind == "op"]
     assert value(merge_all(*last.values())) == expected_value(type_, ops)
+
+
+def test_a_hot_key_remembers_only_the_newest_operation_ids() -> None:
+    from storage import crdts
+    from storage.hlc import Timestamp
+    obj = None
+    for i in range(crdts.MAX_APPLIED + 200):
+        obj = crdts.apply(obj, "counter", ("increment", 1), "a", f"op{i:05d}", Timestamp(1_000 + i, 0, "a"))
+    assert crdts.value(obj) == crdts.MAX_APPLIED + 200
+    assert len(obj.applied) == crdts.MAX_APPLIED
+    assert min(wall for _, wall in obj.applied) == 1_200                  # the oldest 200 were dropped
+    again = crdts.apply(obj, "counter", ("increment", 1), "a", "op01199", Timestamp(5_000, 0, "a"))
+    assert crdts.value(again) == crdts.value(obj)                         # a recent retry still counts once
+
+
+@given(parts=st.lists(st.dictionaries(st.sampled_from([f"id{i}" for i in range(12)]), st.integers(0, 30),
+                                      max_size=8), min_size=3, max_size=3))
+def test_capping_the_operation_ids_keeps_merge_associative_and_commutative(parts) -> None:
+    import storage.crdts as module
+    saved = module.MAX_APPLIED
+    module.MAX_APPLIED = 4
+    try:
+        a, b, c = (module._trim(p) for p in parts)
+        assert all(len(x) <= 4 for x in (a, b, c))
+        merge = module._merge_applied
+        assert merge(merge(a, b), c) == merge(a, merge(b, c))
+        assert merge(a, b) == merge(b, a)
+        assert merge(a, a) == a
+    finally:
+        module.MAX_APPLIED = saved
