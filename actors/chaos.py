@@ -143,6 +143,7 @@ def run_chaos(nodes: int = 5, nemesis: str | Iterable[str] = ("partition", "kill
         "unexpected": verdict["unexpected"],
         "recovered": verdict.get("recovered", 0),
         "stale_reads": verdict.get("stale_reads", 0),
+        "stale_reads_by_fault": stale_by_fault(verdict.pop("stale_read_times", []), chaos.applied),
         "seed": seed,
         "nemesis": list(faults),
         "workload": workload,
@@ -162,6 +163,17 @@ def run_chaos(nodes: int = 5, nemesis: str | Iterable[str] = ("partition", "kill
         "history": str(history_path) if history_path is not None else None,
     }
     return result
+
+
+def stale_by_fault(times: Iterable[float], faults: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many stale reads began while each kind of fault was in force (``none``: between faults)."""
+    windows = [(f["started"], f["ended"] if f["ended"] is not None else float("inf"), f["fault"]["kind"])
+               for f in faults]
+    counts: dict[str, int] = {}
+    for t in times:
+        kind = next((k for start, end, k in windows if start <= t <= end), "none")
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _run_for(time_s: float, history: History, say: Callable[[str], None]) -> None:
@@ -348,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if passed(result) else 1
 
 
-__all__ = ["FAST_REPAIR", "OptionError", "await_convergence", "check_options", "default_interval", "matrix", "parse_nemesis",
-           "passed", "primaries_of", "run_chaos", "summary_line", "verdict_table"]
+__all__ = ["FAST_REPAIR", "OptionError", "await_convergence", "check_options", "default_interval", "matrix",
+           "parse_nemesis", "passed", "primaries_of", "run_chaos", "stale_by_fault", "summary_line", "verdict_table"]
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def check_set(history: History | Iterable[Op], final_reads: Mapping[str, Iterabl
     identified by ``(key, element)``. ``valid`` holds when nothing acknowledged is lost,
     nothing unexpected appears, no add that certainly failed shows up (``failed_present``)
     and every key was read. ``stale_reads`` counts ``read`` ops that missed an element
-    whose add was acknowledged before the read began.
+    whose add was acknowledged before the read began (``stale_read_times``: when each began).
     """
     ops = ops_of(history)
     outcome: dict[Pair, str] = {}
@@ -72,7 +72,7 @@ def check_set(history: History | Iterable[Op], final_reads: Mapping[str, Iterabl
     unexpected = [p for p in present if p not in outcome]
     recovered = [p for p in present if outcome.get(p) == "info"]
     failed_present = [p for p in present if outcome.get(p) == "fail"]
-    stale, reads = _stale_set_reads(ops)
+    stale_at, reads = _stale_set_reads(ops)
     return {
         "valid": not lost and not unexpected and not failed_present and not unread,
         "attempted": len(outcome),
@@ -89,12 +89,13 @@ def check_set(history: History | Iterable[Op], final_reads: Mapping[str, Iterabl
         "failed_present_elements": _sorted(failed_present),
         "unread_keys": unread,
         "reads": reads,
-        "stale_reads": stale,
+        "stale_reads": len(stale_at),
+        "stale_read_times": stale_at,
     }
 
 
-def _stale_set_reads(ops: list[Op]) -> tuple[int, int]:
-    """(stale, total) ok reads; a read is stale when it misses an add acknowledged before it began."""
+def _stale_set_reads(ops: list[Op]) -> tuple[list[float], int]:
+    """(when each stale read began, total ok reads); stale = missed an add acknowledged before it began."""
     acked: dict[Any, list[tuple[float, Element]]] = {}
     for op in ops:
         if op.kind == "add" and op.outcome == "ok" and op.completed_at is not None:
@@ -102,7 +103,8 @@ def _stale_set_reads(ops: list[Op]) -> tuple[int, int]:
     for entries in acked.values():
         entries.sort(key=lambda entry: entry[0])
     times = {key: [t for t, _ in entries] for key, entries in acked.items()}
-    stale = total = 0
+    stale: list[float] = []
+    total = 0
     for op in ops:
         if op.kind != "read" or op.outcome != "ok":
             continue
@@ -111,8 +113,8 @@ def _stale_set_reads(ops: list[Op]) -> tuple[int, int]:
         before = bisect.bisect_left(times.get(op.key, []), op.invoked_at)
         seen = set(op.result or ())
         if not seen.issuperset(element for _, element in entries[:before]):
-            stale += 1
-    return stale, total
+            stale.append(op.invoked_at)
+    return sorted(stale), total
 
 
 # --- registers -------------------------------------------------------------------------------
@@ -154,7 +156,8 @@ def check_register(history: History | Iterable[Op],
     failed_present: list[Pair] = []
     recovered: list[Pair] = []
     stale_final: list[str] = []
-    stale_single = stale_multi = 0
+    stale_single: list[float] = []
+    stale_multi: list[float] = []
     for key, per_key in writes.items():
         index = {w.value: i for i, w in enumerate(per_key)}
         ancestors = _ancestors(per_key, index)
@@ -197,9 +200,10 @@ def check_register(history: History | Iterable[Op],
         "unread_keys": unread,
         "final_siblings": {key: len(values) for key, values in sorted(final.items())},
         "reads": sum(len(rs) for rs in reads.values()),
-        "stale_reads": stale_single + stale_multi,
-        "stale_reads_single_writer": stale_single,
-        "stale_reads_multi_writer": stale_multi,
+        "stale_reads": len(stale_single) + len(stale_multi),
+        "stale_reads_single_writer": len(stale_single),
+        "stale_reads_multi_writer": len(stale_multi),
+        "stale_read_times": sorted(stale_single + stale_multi),
     }
 
 
@@ -241,33 +245,34 @@ def _cover(values: Iterable[Any], index: dict[Any, int], ancestors: list[int]) -
     return mask
 
 
-def _stale_single_reads(writes: list[Op], index: dict[Any, int], reads: list[Op]) -> int:
+def _stale_single_reads(writes: list[Op], index: dict[Any, int], reads: list[Op]) -> list[float]:
     acked = sorted((w.completed_at, i) for i, w in enumerate(writes)
                    if w.outcome == "ok" and w.completed_at is not None)
     times = [t for t, _ in acked]
     latest: list[int] = []                           # latest[j]: the newest write among the first j+1 acks
     for _, i in acked:
         latest.append(max(i, latest[-1]) if latest else i)
-    stale = 0
+    stale = []
     for read in reads:
         j = bisect.bisect_left(times, read.invoked_at)
         if j and not any(index.get(v, -1) >= latest[j - 1] for v in read.result or ()):
-            stale += 1
+            stale.append(read.invoked_at)
     return stale
 
 
-def _stale_multi_reads(writes: list[Op], index: dict[Any, int], ancestors: list[int], reads: list[Op]) -> int:
+def _stale_multi_reads(writes: list[Op], index: dict[Any, int], ancestors: list[int], reads: list[Op]
+                       ) -> list[float]:
     acked = sorted((w.completed_at, i) for i, w in enumerate(writes)
                    if w.outcome == "ok" and w.completed_at is not None)
     times = [t for t, _ in acked]
     prefix = [0]
     for _, i in acked:
         prefix.append(prefix[-1] | 1 << i)
-    stale = 0
+    stale = []
     for read in reads:
         before = prefix[bisect.bisect_left(times, read.invoked_at)]
         if before & ~_cover(read.result or (), index, ancestors):
-            stale += 1
+            stale.append(read.invoked_at)
     return stale
 
 

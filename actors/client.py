@@ -29,8 +29,8 @@ import pykka
 from .config import ClusterConfig, load_secret
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, InvalidRequest, LeaderlessError,
                      ProtocolError, QuorumFailed, RequestTimeout)
-from .messages import (BucketCreate, BucketInfo, ClientGet, ClientPut, ClientUpdate, ConfigRequest, GetResult, Hello, InspectRequest, LocalObject, Reply, RingChange,
-                       SetFaults, StatusRequest)
+from .messages import (BucketCreate, BucketInfo, ClientGet, ClientPut, ClientUpdate, ConfigRequest, GetResult, Hello,
+                       InspectRequest, LocalObject, Reply, RingChange, SetFaults, StatusRequest)
 from .transport import Connection
 from .wire import FrameReader, client_handshake
 

@@ -30,8 +30,8 @@ from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
 from .membership import Membership
 from .messages import (Ack, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
-                       ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany,
-                       GetManyReply, Gossip, InspectRequest, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
+                       ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip, InspectRequest,
+                       PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, Tick, TreeReply,
                        TreeRequest, Unreachable)
 from .repairer import RepairerActor, RepairSettings

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from click.testing import CliRunner
+
+from waiting import wait_for
 
 from actors import (InvalidRequest, LocalCluster, QuorumValueError, SessionViolation, UnknownBucket,
                     VersionMismatch)
@@ -15,16 +16,6 @@ from actors.ring import Ring
 pytestmark = pytest.mark.cluster
 
 FAST = dict(aae_interval=0.05, hint_interval=0.1, handoff_interval=0.2)
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def primaries(cluster: LocalCluster, bucket: str, key: str) -> list[str]:

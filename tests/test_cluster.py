@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from waiting import wait_for
+
 from actors import InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
 from actors.ring import Ring
 
@@ -16,16 +18,6 @@ def primaries(cluster: LocalCluster, key: str) -> list[str]:
     config = cluster.config
     ring = Ring(config.nodes, partitions=config.partitions, target_n=min(config.n, len(config.nodes)))
     return ring.primaries(key, config.n)
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def seen_down_by_all(cluster: LocalCluster, dead: list[str]) -> bool:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
+
+from waiting import wait_for
 
 from actors import LeaderlessError, LocalCluster
 from actors.ring import Ring
@@ -15,16 +15,6 @@ from actors.ring import Ring
 pytestmark = pytest.mark.cluster
 
 FAST = dict(aae_interval=0.05, hint_interval=0.1, handoff_interval=0.2)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def ring_of(cluster: LocalCluster) -> Ring:

@@ -172,7 +172,8 @@ def _dots(obj: DVVSet) -> dict[tuple[str, int], Any]:
 
 @no_deadline
 @given(histories)
-def test_every_state_holds_exactly_the_values_an_explicit_causal_model_keeps(states: list[tuple[DVVSet, Model]]) -> None:
+def test_every_state_holds_exactly_the_values_an_explicit_causal_model_keeps(
+        states: list[tuple[DVVSet, Model]]) -> None:
     for obj, (_, live) in states:
         assert set(values(obj)) == live
         assert len(values(obj)) == size(obj) == len(live)
