@@ -245,10 +245,12 @@ def summary_line(result: Mapping[str, Any]) -> str:
     verdict = "PASS" if passed(result) else "FAIL"
     conv = f"{result['convergence_s']:.1f}s" if result.get("convergence_s") is not None else "never"
     errors = f"  errors {len(result['errors'])}" if result.get("errors") else ""
+    by_fault = result.get("stale_reads_by_fault") or {}
+    where = f" ({', '.join(f'{k} {v}' for k, v in by_fault.items())})" if by_fault else ""
     return (f"{verdict}  seed {result['seed']:>3}  {result['workload']}  valid={result['valid']}  "
             f"converged={result['converged']} ({conv})  acknowledged {result['acknowledged']}  "
             f"lost {result['lost']}  unexpected {result['unexpected']}  recovered {result['recovered']}  "
-            f"stale reads {result['stale_reads']}  faults {len(result['faults'])}  "
+            f"stale reads {result['stale_reads']}{where}  faults {len(result['faults'])}  "
             f"({result['elapsed_s']:.0f}s){errors}")
 
 
@@ -275,6 +277,8 @@ def verdict_table(result: Mapping[str, Any]) -> Any:
         ("converged", flag(result["converged"], str(result["converged"]))),
         ("convergence after heal", f"{conv:.2f} s" if conv is not None else "[red]never[/red]"),
         ("stale reads", f"{result['stale_reads']} of {result['checker'].get('reads', '?')}"),
+        ("stale reads by fault", ", ".join(f"{k} {v}" for k, v in result.get("stale_reads_by_fault", {}).items())
+         or "-"),
         ("faults injected", str(len(result["faults"]))),
         ("workload / nemesis", f"{result['workload']} / {','.join(result['nemesis'])}"),
         ("nodes, n/r/w", f"{result['nodes']}, {result['n']}/{result['r']}/{result['w']}"),

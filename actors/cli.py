@@ -384,5 +384,21 @@ def chaos(nodes: int, nemesis: str, workload: str, time_s: float, seed: int, int
     sys.exit(0 if passed(result) else 1)
 
 
+from bench.command import BenchCommand, bench_options  # the benchmark suite lives in bench/
+
+
+@main.command("bench", cls=BenchCommand)
+@bench_options
+def bench(**options: Any) -> None:
+    """Benchmark a fresh local cluster: YCSB-style workloads, peers side by side (--compare), a slow node (--gray).
+
+    Prints a summary table (or one JSON object with --json) and saves the JSON and a PNG
+    plot in --out. Bad options exit with code 2 and one line.
+    """
+    from bench.command import run
+
+    run(**options)
+
+
 if __name__ == "__main__":
     main()

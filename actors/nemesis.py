@@ -348,7 +348,7 @@ class Nemesis:
         for what, step in steps:
             try:
                 step()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- every step runs; failures are reported
                 failures.append(f"final heal: {what}: {type(exc).__name__}: {exc}")
         self.errors += failures
         self.history.complete(handle, "fail" if failures else "ok", "; ".join(failures) or None)

@@ -26,7 +26,11 @@ from typing import Any
 from storage.codec import safe_loads
 
 from .errors import AuthenticationFailed, ProtocolError
-from .messages import WIRE_TYPES
+from storage.crdts import Crdt
+from storage.versions import DVVSet
+
+from .messages import (WIRE_TYPES, Ack, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult, Reply,
+                       ReplicaGet, ReplicaGetReply, ReplicaPut)
 
 MAGIC = b"LDL1"
 NONCE = 32
@@ -100,14 +104,86 @@ def _peer(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "peer"
 
 
+# The hot messages (every put and get sends several) travel as plain tuples,
+# ``(code, *fields)`` with stored objects flattened, which pickle 4-10x faster than named
+# tuples and decode with no globals at all. Everything else is pickled as it is.
+_FAST: tuple[tuple[type, tuple[int, ...]], ...] = (
+    (ReplicaPut, (3,)), (Built, (2,)), (ReplicaGetReply, (2,)), (Ack, ()), (CoordinatePut, ()), (ReplicaGet, ()),
+    (ClientPut, ()), (ClientGet, ()), (ClientUpdate, ()), (Reply, (2,)),
+)
+_CODE = {cls: (code, fields) for code, (cls, fields) in enumerate(_FAST)}
+
+
+def _flat(value: Any) -> Any:
+    if value is None:
+        return value
+    if type(value) is tuple:
+        if value and type(value[0]) is str and len(value[0]) == 1:
+            return ("T", value)                   # a tuple that would read as a tag
+        return value
+    if type(value) is DVVSet:
+        return ("D", value.entries, value.anonymous)
+    if type(value) is Crdt:
+        return ("C", value.type, value.state, value.applied)
+    if type(value) is GetResult:
+        return ("G", value.values, value.context)
+    raise TypeError
+
+
+def _unflat(value: Any) -> Any:
+    if value is None or not value or type(value[0]) is not str or len(value[0]) != 1:
+        return value                              # None, or a context: a tuple of pairs
+    tag = value[0]
+    if tag == "D":
+        return DVVSet(value[1], value[2])
+    if tag == "C":
+        return Crdt(value[1], value[2], value[3])
+    if tag == "G":
+        return GetResult(value[1], value[2])
+    if tag == "T":
+        return value[1]
+    raise ProtocolError(f"unknown object tag {tag!r}")
+
+
+def _fast_payload(message: Any) -> bytes | None:
+    entry = _CODE.get(type(message))
+    if entry is None:
+        return None
+    code, object_fields = entry
+    fields = list(message)
+    if type(message) is Ack and message.error is not None:
+        return None
+    if type(message) is Reply and not message.ok:
+        return None
+    try:
+        for i in object_fields:
+            fields[i] = _flat(fields[i])
+    except TypeError:
+        return None                               # an unusual value: the general path carries it
+    if hasattr(message, "reply_to"):
+        fields[-1] = None                         # never sent: the receiver sets it
+    return pickle.dumps((code, *fields), protocol=5)
+
+
 def encode(message: Any) -> bytes:
-    payload = pickle.dumps(message, protocol=5)
+    payload = _fast_payload(message)
+    if payload is None:
+        payload = pickle.dumps(message, protocol=5)
     return HEADER.pack(len(payload)) + payload
 
 
 def decode(payload: bytes) -> Any:
     try:
-        return safe_loads(payload, WIRE_TYPES)
+        message = safe_loads(payload, WIRE_TYPES)
+        if type(message) is tuple and message and type(message[0]) is int:
+            cls, object_fields = _FAST[message[0]]
+            fields = list(message[1:])
+            for i in object_fields:
+                fields[i] = _unflat(fields[i])
+            return cls(*fields)
+        return message
+    except ProtocolError:
+        raise
     except Exception as exc:  # any unpickling failure is the peer's fault, never ours
         raise ProtocolError(f"undecodable frame: {exc}") from exc
 

@@ -46,7 +46,8 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of ``leaderless bench`` (shared with ``python -m bench.compare`` / ``bench.gray``)."""
     options = [
         click.option("--workload", default=None,
-                     help="[default: w; gray: a] YCSB workload: " + "; ".join(f"{k} = {w.description}" for k, w in WORKLOADS.items())),
+                     help="[default: w; gray: a] YCSB workload: "
+                          + "; ".join(f"{k} = {w.description}" for k, w in WORKLOADS.items())),
         click.option("--distribution", default="uniform", show_default=True,
                      help=f"Key choice: {' or '.join(DISTRIBUTIONS)} (YCSB's constant 0.99)."),
         click.option("--keys", default=10_000, show_default=True, type=int, help="Key count."),
@@ -56,9 +57,9 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--r", "r_val", default=2, show_default=True, type=int, help="Read quorum."),
         click.option("--w", "w_val", default=2, show_default=True, type=int, help="Write quorum."),
         click.option("--clients", default=None, type=int,
-                     help="Client processes [default: 3; gray: 2]."),
+                     help="Client processes [default: 4; gray: 2]."),
         click.option("--inflight", default=None, type=int,
-                     help="Requests in flight per client process [default: 32; gray: 8, below saturation]."),
+                     help="Requests in flight per client process [default: 64; gray: 8, below saturation]."),
         click.option("--time", "time_s", default=10.0, show_default=True, type=float,
                      help="Measured seconds (per run with --compare, per phase with --gray)."),
         click.option("--warmup", "warmup_s", default=2.0, show_default=True, type=float,
@@ -91,8 +92,8 @@ def make_config(options: dict[str, Any], mode: str) -> BenchConfig:
         workload=options["workload"] or ("a" if gray else "w"),
         distribution=options["distribution"], keys=options["keys"], value_size=options["value_size"],
         nodes=options["nodes"], n=options["n_val"], r=options["r_val"], w=options["w_val"],
-        clients=options["clients"] if options["clients"] is not None else (2 if gray else 3),
-        inflight=options["inflight"] if options["inflight"] is not None else (8 if gray else 32),
+        clients=options["clients"] if options["clients"] is not None else (2 if gray else 4),
+        inflight=options["inflight"] if options["inflight"] is not None else (8 if gray else 64),
         time_s=options["time_s"], warmup_s=options["warmup_s"], bucket_type=options["bucket_type"],
         client_nodes=tuple(n.strip() for n in client_nodes.split(",") if n.strip()) if client_nodes else None,
         seed=options["seed"])
@@ -128,7 +129,7 @@ def run(mode: str | None = None, **options: Any) -> None:
             if mode == "compare":
                 from .compare import print_compare, run_compare, save_compare
                 report = run_compare(config, workloads=workloads, peers=peers, progress=progress,
-                                     say=lambda line: err.print(line, markup=False))
+                                     say=lambda line: err.print(line, markup=False, soft_wrap=True))
                 files = save_compare(report, options["out_dir"])
                 show = print_compare
             elif mode == "gray":
@@ -147,7 +148,8 @@ def run(mode: str | None = None, **options: Any) -> None:
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(report, default=str))
-        err.print("saved " + " and ".join(v for k, v in files.items() if k in ("json", "png")), markup=False)
+        err.print("saved " + " and ".join(v for k, v in files.items() if k in ("json", "png")), markup=False,
+                  soft_wrap=True)
     else:
         show(report)
 

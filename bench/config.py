@@ -32,8 +32,8 @@ class BenchConfig:
     n: int = 3
     r: int = 2
     w: int = 2
-    clients: int = 3                    # client processes
-    inflight: int = 32                  # requests outstanding per client process
+    clients: int = 4                    # client processes
+    inflight: int = 64                  # requests outstanding per client process
     time_s: float = 10.0
     warmup_s: float = 2.0
     bucket_type: str = "lww"            # lww: overwrites, like the peers; siblings: blind puts keep siblings
@@ -41,7 +41,7 @@ class BenchConfig:
     seed: int = 7
     request_timeout: float | None = None
 
-    def validate(self) -> "BenchConfig":
+    def validate(self) -> BenchConfig:
         self.workload = str(self.workload).lower()
         if self.workload not in WORKLOADS:
             raise OptionError("workload", f"unknown workload {self.workload!r}: one of {', '.join(WORKLOADS)}")
@@ -77,7 +77,7 @@ class BenchConfig:
                                                   f"{', '.join(names)}")
         return self
 
-    def replace(self, **changes: Any) -> "BenchConfig":
+    def replace(self, **changes: Any) -> BenchConfig:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def make_driver(target: dict[str, Any]) -> Any:
     raise ValueError(f"unknown benchmark target {kind!r}")
 
 
-def _drain(done: "queue.SimpleQueue[Any]", timeout: float) -> list[Any]:
+def _drain(done: queue.SimpleQueue[Any], timeout: float) -> list[Any]:
     try:
         items = [done.get(timeout=timeout)]
     except queue.Empty:
@@ -50,7 +50,7 @@ def _drain(done: "queue.SimpleQueue[Any]", timeout: float) -> list[Any]:
 
 # --- leaderless -------------------------------------------------------------------------------
 
-_COMPLETED: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+_COMPLETED: queue.SimpleQueue[Any] = queue.SimpleQueue()
 _PATCHED = False
 
 
@@ -147,8 +147,8 @@ class ThreadedDriver:
     name = "threaded"
 
     def __init__(self, threads: int) -> None:
-        self._jobs: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self._done: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True, name=f"bench-client-{i}")
                          for i in range(threads)]
         self._ready = threading.Barrier(threads + 1)
@@ -269,7 +269,7 @@ class SyncObjDriver:
                            dynamicMembershipChange=False, commandsWaitLeader=True, useFork=False,
                            connectionRetryTime=0.5)
         self.obj = SyncObj(target["self"], list(target["partners"]), conf=conf, consumers=[self.dict])
-        self._done: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         deadline = time.monotonic() + float(target.get("start_timeout", 30.0))
         while not self._ready():
             if time.monotonic() > deadline:

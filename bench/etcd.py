@@ -17,7 +17,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 STOP_GRACE_S = 5.0
 START_TIMEOUT_S = 30.0
@@ -52,7 +51,7 @@ class EtcdCluster:
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.procs.items() if p.poll() is None}
 
-    def __enter__(self) -> "EtcdCluster":
+    def __enter__(self) -> EtcdCluster:
         try:
             self.start()
         except BaseException:
@@ -60,7 +59,7 @@ class EtcdCluster:
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:

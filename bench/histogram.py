@@ -75,10 +75,9 @@ class LogBuckets:
         i = self.index(value)
         self.counts[i] = self.counts.get(i, 0) + count
         self.total += count
-        if value > self.max_value:
-            self.max_value = value
+        self.max_value = max(self.max_value, value)
 
-    def merge(self, other: "LogBuckets") -> None:
+    def merge(self, other: LogBuckets) -> None:
         for i, c in other.counts.items():
             self.counts[i] = self.counts.get(i, 0) + c
         self.total += other.total
@@ -111,7 +110,7 @@ class LogBuckets:
         return base64.b64encode(zlib.compress(body)).decode("ascii")
 
     @classmethod
-    def decode(cls, text: str) -> "LogBuckets":
+    def decode(cls, text: str) -> LogBuckets:
         body = json.loads(zlib.decompress(base64.b64decode(text)))
         hist = cls()
         for i, c in body["c"]:
@@ -161,7 +160,7 @@ class LatencyHistogram:
             return {p: int(v) for p, v in self._h.get_percentile_to_value_dict(wanted).items()}
         return self._h.percentiles(wanted)
 
-    def merge(self, other: "LatencyHistogram") -> None:
+    def merge(self, other: LatencyHistogram) -> None:
         if other.backend != self.backend:
             raise ValueError(f"cannot merge a {other.backend} histogram into a {self.backend} one")
         if other.count:
@@ -173,7 +172,7 @@ class LatencyHistogram:
         return f"{self.backend}:{body}"
 
     @classmethod
-    def decode(cls, text: str) -> "LatencyHistogram":
+    def decode(cls, text: str) -> LatencyHistogram:
         backend, _, body = text.partition(":")
         hist = cls.__new__(cls)
         hist.backend = backend

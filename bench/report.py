@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -27,12 +28,12 @@ class ProgressBar:
         self._last: tuple[float, int] | None = None
         self._rate = 0.0
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         self._progress.start()
         self._task = self._progress.add_task("starting", total=1.0, rate="")
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
     def __call__(self, label: str, elapsed: float, total: float, completed: int, failed: int) -> None:
@@ -83,6 +84,10 @@ def footnotes(report: dict[str, Any]) -> list[str]:
     if servers:
         lines.append("servers busy: " + ", ".join(f"{n} {c:.2f}" for n, c in servers.items())
                      + f"  (machine: {report.get('machine', {}).get('cpus', '?')} CPUs)")
+    commits = {n: g for n, g in (report.get("group_commit") or {}).items() if g.get("commits")}
+    if commits:
+        lines.append("group commit (writes per fsync): "
+                     + ", ".join(f"{n} {g['per_commit']}" for n, g in commits.items()))
     if report.get("load"):
         load = report["load"]
         lines.append(f"load phase: {load['keys']} keys in {load['seconds']}s ({load['errors']} errors)")
@@ -149,16 +154,19 @@ def plot_run(report: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7.5))
     config = report["config"]
-    per_second = report["per_second"]
-    top.step(range(len(per_second)), per_second, where="post", color="tab:blue")
-    top.axvspan(0, config["warmup_s"], color="0.9", label="warm-up")
+    seconds = max(1, math.ceil(config["warmup_s"] + config["time_s"]))
+    per_second = report["per_second"][:seconds]          # the last bucket holds only the drain
+    top.stairs(per_second, range(len(per_second) + 1), color="tab:blue", linewidth=1.5)
+    top.axvspan(0, config["warmup_s"], color="0.9", label="warm-up", zorder=0)
     top.axhline(report["throughput"], color="tab:red", linestyle="--", linewidth=1,
                 label=f"measured mean {report['throughput']:,.0f} ops/s")
     top.set_xlabel("seconds")
     top.set_ylabel("ops/s")
-    top.set_xlim(0, max(1, config["warmup_s"] + config["time_s"]))
+    top.set_xlim(0, seconds)
+    top.set_ylim(bottom=0)
     top.set_title(f"{report['system']}: workload {config['workload'].upper()}, {config['nodes']} nodes, "
-                  f"N={config['n']} R={config['r']} W={config['w']}, {config['clients']}x{config['inflight']} in flight")
+                  f"N={config['n']} R={config['r']} W={config['w']}, "
+                  f"{config['clients']}x{config['inflight']} in flight")
     top.legend(loc="lower right")
     for op, curve in report.get("latency_curve_ms", {}).items():
         xs, ys = _curve_points(curve)
@@ -177,7 +185,8 @@ def print_run(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     console.print(summary_table(report))
     for line in footnotes(report):
-        console.print(line, markup=False)
+        console.print(line, markup=False, soft_wrap=True)
     files = report.get("files", {})
     console.print(f"saved {files.get('json')}" + (f" and {files['png']}" if "png" in files else
-                                                  f" ({files.get('png_skipped', 'no plot')})"), markup=False)
+                                                  f" ({files.get('png_skipped', 'no plot')})"), markup=False,
+                  soft_wrap=True)

@@ -239,7 +239,9 @@ def merge_results(results: list[dict[str, Any]], duration_s: float, ops: Iterabl
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(terse=True)}
+    """What the numbers were measured on; ``load_avg`` (1, 5, 15 min) shows other work sharing the CPUs."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(terse=True),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def client_specs(config: BenchConfig, target: dict[str, Any], *, load: bool) -> list[dict[str, Any]]:
@@ -256,17 +258,44 @@ def run_on_cluster(cluster: Any, config: BenchConfig, *, load: bool, progress: P
               "client_nodes": list(config.client_nodes) if config.client_nodes else None,
               "bucket": BENCH_BUCKET if config.bucket_type == "lww" else "",
               "request_timeout": config.request_timeout}
+    before = machine()          # load average with our cluster idle: how busy others keep the machine
     sampler = CpuSampler(cluster.pids)
+    counters: dict[str, dict[str, dict[str, int]]] = {}
+
+    def on_window(edge: str) -> None:
+        sampler.start() if edge == "start" else sampler.stop()
+        counters[edge] = _node_counters(cluster)
+
     infos, results = run_workers(client_specs(config, target, load=load), config.warmup_s, config.time_s,
-                                 progress=progress, phase=phase,
-                                 on_window=lambda edge: sampler.start() if edge == "start" else sampler.stop())
+                                 progress=progress, phase=phase, on_window=on_window)
     report = {"system": "leaderless", "workload": config.workload}
     report.update(merge_results(results, config.time_s, WORKLOADS[config.workload].ops))
     report["server_cpu"] = sampler.busy
+    report["group_commit"] = _group_commit(counters.get("start", {}), counters.get("end", {}))
     report["load"] = _load_summary(infos) if load else None
     report["config"] = config.as_dict()
-    report["machine"] = machine()
+    report["machine"] = before
     return report
+
+
+def _node_counters(cluster: Any) -> dict[str, dict[str, int]]:
+    try:
+        return {node: dict(status.get("counts", {})) for node, status in cluster.status().items()}
+    except Exception as exc:            # noqa: BLE001 - the counters are a footnote, not the measurement
+        log.warning("could not read the nodes' counters: %s", exc)
+        return {}
+
+
+def _group_commit(start: dict[str, dict[str, int]], end: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Per node, over the measured window: replica writes, LMDB commits, and writes per commit (per fsync)."""
+    out: dict[str, Any] = {}
+    for node, after in end.items():
+        before = start.get(node, {})
+        writes = after.get("replica.writes", 0) - before.get("replica.writes", 0)
+        commits = after.get("replica.commits", 0) - before.get("replica.commits", 0)
+        out[node] = {"writes": writes, "commits": commits,
+                     "per_commit": round(writes / commits, 1) if commits else None}
+    return out
 
 
 def _load_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def _send_loop(socks: list[socket.socket], sampler: CpuSampler, time_s: float, w
     next_seq = 0
     done_upto = -1
     measured = 0
-    cpu0 = cpu1 = None
+    cpu0 = None
     while True:
         now = clock()
         if cpu0 is None and now >= t_measure:

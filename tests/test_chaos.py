@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from actors.chaos import FAST_REPAIR, run_chaos
+from actors.chaos import FAST_REPAIR, run_chaos, stale_by_fault
 from actors.cli import main
 from actors.history import History
 from actors.nemesis import FAULTS, Fault, Nemesis, expand, plan, ring_blocked
@@ -155,6 +155,12 @@ def test_nemesis_names_expand_and_unknown_ones_are_refused() -> None:
     assert set(expand(["all"])) == set(FAULTS)
     with pytest.raises(ValueError, match="unknown nemesis 'flood'"):
         expand(["kill", "flood"])
+
+
+def test_stale_reads_are_attributed_to_the_fault_in_force_when_they_began() -> None:
+    faults = [{"fault": {"kind": "halves"}, "started": 1.0, "ended": 2.0},
+              {"fault": {"kind": "kill"}, "started": 3.0, "ended": None}]      # ended by the final heal
+    assert stale_by_fault([0.5, 1.5, 1.9, 2.5, 3.5], faults) == {"halves": 2, "kill": 1, "none": 2}
 
 
 @pytest.mark.parametrize("args, message", [

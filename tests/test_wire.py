@@ -76,3 +76,27 @@ def test_random_bytes_are_a_protocol_error_not_a_crash() -> None:
     payload = bytes(range(256)) * 4
     with pytest.raises(ProtocolError):
         FrameReader().feed(struct.pack(">I", len(payload)) + payload)
+
+
+def test_every_fast_path_message_round_trips_exactly() -> None:
+    from actors.messages import Built, ClientGet, ClientUpdate, CoordinatePut, GetResult, Reply, ReplicaGet, \
+        ReplicaGetReply
+    from actors.errors import StorageFull
+    from storage import crdts
+    from storage.hlc import Timestamp
+    dvv = versions.update(None, (("n2.x", 3),), b"v", "n1.ab")
+    crdt = crdts.apply(None, "set", ("add", "milk"), "n1.ab", "op1", Timestamp(1, 0, "n1"))
+    messages = [
+        ReplicaPut(1, "n1", "k", dvv, None, False), ReplicaPut(2, "n1", "b\x00k", crdt, "n3"),
+        Built(3, "n2", dvv), ReplicaGetReply(4, "n3", None), ReplicaGetReply(5, "n3", crdt), Ack(6, "n1", True),
+        CoordinatePut(7, "n1", "k", None, (("a", 1),), None, "crdt:set", ("add", "x"), "op", ("if_absent",)),
+        ReplicaGet(8, "n1", "k"), ClientPut(9, "k", b"v", (), "all", 1.5, "carts", ("if_context", (("a", 2),))),
+        ClientGet(10, "k", 2, None, "", (("a", 1),)), ClientUpdate(11, "views", "home", ("increment", 5), "id"),
+        Reply(12, True, (("n1.ab", 1),)), Reply(13, True, GetResult([b"a", b"b"], (("x", 1),))),
+        Reply(14, True, ("a", "tuple", "that", "looks", "tagged")), Reply(15, True, None), Reply(16, True, ()),
+        Reply(17, True, {"status": [1, 2]}), Ack(18, "n2", False, StorageFull("disk full")),
+    ]
+    stream = b"".join(encode(m) for m in messages)
+    got = FrameReader().feed(stream)
+    assert got[:-1] == messages[:-1]
+    assert isinstance(got[-1].error, StorageFull) and str(got[-1].error) == "disk full"

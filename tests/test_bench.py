@@ -1,0 +1,147 @@
+"""The benchmark suite: one short run end to end, and its pure parts (histograms, key choice, the loop).
+
+Speed is measured by the benchmarks, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from actors.cli import main
+from bench.etcd import EtcdCluster, PeerUnavailable
+from bench.histogram import LatencyHistogram, hdr_available
+from bench.toy import run_toy
+from bench.worker import run_load
+from bench.workload import WORKLOADS, Zipfian, key_chooser
+
+BACKENDS = ["log"] + (["hdr"] if hdr_available() else [])
+
+
+@pytest.mark.cluster
+def test_bench_json_prints_one_object_with_throughput_latency_errors_config_and_saves_the_plot(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["bench", "--nodes", "3", "--workload", "a", "--time", "2", "--json",
+                                       "--keys", "300", "--warmup", "0.5", "--clients", "2", "--inflight", "8",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report["throughput"] > 0
+    assert report["errors"] == 0
+    assert set(report["latency_ms"]) == {"read", "write"}
+    for lat in report["latency_ms"].values():
+        assert {"p50", "p95", "p99", "p999"} <= set(lat)
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"]
+    assert report["config"]["workload"] == "a" and report["config"]["nodes"] == 3
+    assert len(report["client_cpu"]) == 2
+    assert Path(report["files"]["json"]).exists()
+    pytest.importorskip("matplotlib")
+    png = Path(report["files"]["png"])
+    assert png.parent == out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, option", [(["--workload", "x"], "--workload"), (["--nodes", "0"], "--nodes"),
+                                          (["--compare", "--peers", "nope"], "--peers")])
+def test_bad_bench_options_exit_2_with_one_line(args: list[str], option: str) -> None:
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_merged_histograms_give_the_percentiles_of_all_samples(backend: str) -> None:
+    low, high = LatencyHistogram(backend), LatencyHistogram(backend)
+    for micros in range(1, 1001):
+        low.record(micros * 10)                # 10 µs .. 10 ms
+    for micros in range(1001, 2001):
+        high.record(micros * 10)               # 10 ms .. 20 ms
+    merged = LatencyHistogram.decode(low.encode())
+    merged.merge(LatencyHistogram.decode(high.encode()))
+    assert merged.count == 2000
+    for p, exact in ((50.0, 10_000), (90.0, 18_000), (99.0, 19_800), (99.9, 19_980), (100.0, 20_000)):
+        assert merged.percentile(p) == pytest.approx(exact, rel=0.01)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_histogram_keeps_counts_not_samples(backend: str) -> None:
+    hist = LatencyHistogram(backend)
+    hist.record(1500, count=1_000_000)
+    assert hist.count == 1_000_000
+    assert hist.percentile(99.9) == pytest.approx(1500, rel=0.01)
+    assert len(hist.encode()) < 2000
+
+
+def test_zipfian_key_choice_favours_low_ranks() -> None:
+    draw = Zipfian(1000, random.Random(1))
+    counts = Counter(draw() for _ in range(50_000))
+    assert all(0 <= rank < 1000 for rank in counts)
+    assert counts[0] > counts[1] > counts[10] > counts[100]
+    assert sum(counts[r] for r in range(10)) > 0.3 * 50_000          # the top 1% of keys get a third of the load
+    uniform = Counter(key_chooser("uniform", 1000, random.Random(1))() for _ in range(50_000))
+    assert sum(uniform[r] for r in range(10)) < 0.02 * 50_000
+
+
+def test_workload_mixes_follow_ycsb() -> None:
+    rng = random.Random(3)
+    reads = Counter(WORKLOADS["b"].choose(rng) for _ in range(10_000))
+    assert 0.93 < reads["read"] / 10_000 < 0.97
+    assert WORKLOADS["c"].ops == ("read",) and WORKLOADS["w"].ops == ("write",)
+
+
+class InstantDriver:
+    """Completes every request on the next wait; remembers the most ever outstanding."""
+
+    latency_source = "fake"
+
+    def __init__(self) -> None:
+        self.outstanding: list[Any] = []
+        self.most = 0
+
+    def submit(self, op: str, key: str, value: bytes) -> Any:
+        handle = object()
+        self.outstanding.append(handle)
+        self.most = max(self.most, len(self.outstanding))
+        return handle
+
+    def wait(self, timeout: float) -> list[tuple[Any, float, None]]:
+        import time
+
+        done, self.outstanding = self.outstanding, []
+        now = time.perf_counter()
+        return [(h, now, None) for h in done]
+
+
+def test_the_closed_loop_keeps_inflight_requests_outstanding_and_records_only_the_window() -> None:
+    import time
+
+    driver = InstantDriver()
+    spec = {"index": 0, "workers": 1, "workload": "a", "distribution": "zipfian", "keys": 100, "value_size": 10,
+            "inflight": 16, "seed": 1}
+    result = run_load(driver, spec, None, time.time(), 0.1, 0.2)
+    assert driver.most == 16
+    assert set(result["ops"]) == {"read", "write"} and sum(result["ops"].values()) > 0
+    assert sum(result["per_second"]) >= sum(result["ops"].values())
+    assert result["errors"] == {} and result["unfinished"] == 0
+
+
+def test_the_toy_ceiling_runs_for_a_second_and_reports_writes() -> None:
+    result = run_toy(time_s=1.0, warmup_s=0.2, window=64, keys=100)
+    assert result["throughput"] > 0
+    assert result["latency_ms"]["write"]["p99"] > 0
+
+
+def test_etcd_is_skipped_with_a_message_when_it_is_not_installed(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PeerUnavailable, match="etcd is not on PATH"):
+        EtcdCluster(tmp_path)
