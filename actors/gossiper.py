@@ -31,7 +31,7 @@ from .membership import DOWN, LEAVING, LEFT, UP, Membership
 from .messages import (Batch, BucketCreate, BucketInfo, BucketProps, Gossip, HandoffComplete, Reply, RingChange,
                        Tick)
 from .quorum import resolve
-from .phi import PhiDetector
+from .phi import LOG10_E, PhiDetector
 from .ring import Ring, RingError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class GossiperActor(pykka.ThreadingActor):
                  buckets: dict[str, tuple] | None = None, hlc: HybridClock | None = None,
                  interval: float = 0.5, phi_threshold: float = 8.0, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic, status: str = NORMAL,
-                 defaults: tuple[int, int | str, int | str] = (3, 2, 2)) -> None:
+                 defaults: tuple[int, int | str, int | str] = (3, 2, 2),
+                 heard_from: Callable[[str], float | None] = lambda node: None) -> None:
         super().__init__()
         self.name = name
         self.membership = membership
@@ -68,6 +69,7 @@ class GossiperActor(pykka.ThreadingActor):
         self.rng = rng or random.Random()
         self.clock = clock
         self.default_n, self.default_r, self.default_w = defaults
+        self.heard_from = heard_from
         self.endpoints: dict[str, Endpoint] = {
             peer: (0, 0, NORMAL, host, port) for peer, (host, port) in seeds.items() if peer != name}
         self.endpoints[name] = (incarnation, 0, status, address[0], address[1])
@@ -107,6 +109,12 @@ class GossiperActor(pykka.ThreadingActor):
     def _tick(self, now: float) -> None:
         if now < self._next_round:
             return
+        if self._next_round and now - self._next_round > 5 * self.interval:
+            # This node itself was stalled (paused, starved of CPU): silence it measured was its
+            # own. Forget that gap instead of convicting every peer for it.
+            log.info("%s: gossiper stalled %.1fs; not judging peers on that gap", self.name, now - self._next_round)
+            for detector in self.detectors.values():
+                detector.excuse(now - self._next_round)
         self._next_round = now + self.interval
         inc, beat, status, host, port = self.endpoints[self.name]
         self.endpoints[self.name] = (inc, beat + 1, status, host, port)
@@ -265,7 +273,15 @@ class GossiperActor(pykka.ThreadingActor):
 
     def _alive(self, node: str, now: float) -> bool:
         detector = self.detectors.get(node)
-        return detector is not None and detector.phi(now) < self.phi_threshold
+        if detector is None:
+            return False
+        if detector.phi(now) < self.phi_threshold:
+            return True
+        # Direct evidence: any message from the peer (a replica's ack, a read reply) proves it is
+        # alive as well as a heartbeat does; under heavy load that keeps busy peers from being
+        # convicted while gossip is delayed behind the work.
+        heard = self.heard_from(node)
+        return heard is not None and now - heard < detector.mean() * self.phi_threshold / LOG10_E
 
     def _publish(self) -> None:
         now = self.clock()

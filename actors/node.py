@@ -82,7 +82,7 @@ class Node:
             add_peer=self.transport.add_peer, persist_ring=self._persist_ring, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, persist_buckets=self._persist_buckets,
             buckets=json.loads(saved_buckets) if saved_buckets else None, hlc=self.hlc,
-            defaults=(config.n, config.r, config.w))
+            defaults=(config.n, config.r, config.w), heard_from=self.transport.heard_from)
         self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership, hlc=self.hlc)
         settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout)
         self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,

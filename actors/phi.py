@@ -40,6 +40,11 @@ class PhiDetector:
             self._sum += interval
         self._last = now
 
+    def excuse(self, gap: float) -> None:
+        """Shift the last arrival forward by ``gap``: a pause of the observer is not the peer's silence."""
+        if self._last is not None:
+            self._last += gap
+
     def mean(self) -> float:
         """Mean gap, never below the configured gossip interval (bursts must not make us jumpy)."""
         if not self._intervals:

@@ -287,6 +287,11 @@ class Transport:
         self._delay_line: DelayLine | None = None
         self.address: tuple[str, int] | None = None
         self.refused = 0
+        self._heard: dict[str, float] = {}
+
+    def heard_from(self, peer: str) -> float | None:
+        """When a message from ``peer`` last arrived (time.monotonic), if ever."""
+        return self._heard.get(peer)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -462,6 +467,7 @@ class Transport:
         if conn.kind == "peer":
             if conn.name in self._blocked:
                 return
+            self._heard[conn.name] = time.monotonic()
             link = self._links.get(conn.name)
             if link is not None:
                 link.peer_alive()

@@ -113,8 +113,8 @@ def _peer_run(system: str, config: BenchConfig, specs: list[dict[str, Any]], pid
     sampler = CpuSampler(pids)
     infos, results = run_workers(specs, config.warmup_s, config.time_s, progress=progress,
                                  phase=f"{system} {config.workload.upper()}",
-                                 on_window=lambda edge: sampler.start() if edge == "start" else sampler.stop())
-    report = {"system": system, "workload": config.workload}
+                                 on_window=lambda edge: _sample(sampler, edge))
+    report: dict[str, Any] = {"system": system, "workload": config.workload}
     report.update(merge_results(results, config.time_s, WORKLOADS[config.workload].ops))
     report["server_cpu"] = sampler.busy
     loaded = [i for i in infos if i["loaded"]]
@@ -124,6 +124,13 @@ def _peer_run(system: str, config: BenchConfig, specs: list[dict[str, Any]], pid
                           "errors": sum(i["load_errors"] for i in loaded)}
     report["config"] = config.as_dict()
     return report
+
+
+def _sample(sampler: CpuSampler, edge: str) -> None:
+    if edge == "start":
+        sampler.start()
+    else:
+        sampler.stop()
 
 
 def _etcd(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None) -> dict[str, Any]:
@@ -182,25 +189,26 @@ def _toy(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | N
 # --- output --------------------------------------------------------------------------------------
 
 def compare_table(report: dict[str, Any]) -> Any:
+    from rich import box
     from rich.table import Table
 
     config = report["config"]
-    table = Table(title=f"side by side: {config['clients']} client processes x {config['inflight']} in flight, "
-                        f"{config['value_size']} B values, {config['keys']} keys, {config['time_s']:g}s per run")
-    for column in ("load", "system", "op", "ops/s", "p50 ms", "p99 ms", "errors", "CPU clients", "CPU servers",
-                   "ours/peer"):
-        table.add_column(column, justify="left" if column in ("load", "system", "op") else "right")
+    table = Table(title=f"side by side: {config['clients']} clients x {config['inflight']} in flight, "
+                        f"{config['value_size']} B values, {config['time_s']:g}s per run", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for column in ("load", "system", "ops/s", "p50 ms", "p99 ms", "err", "cpu cl", "cpu srv", "ours/peer"):
+        table.add_column(column, justify="left" if column in ("load", "system") else "right", no_wrap=True)
     for w in report["workloads"]:
         for system, runs in report["systems"].items():
             run = runs.get(w, {})
             if "skipped" in run:
-                table.add_row(w.upper(), system, "", "", "", "", "", "", "", "skipped", style="dim")
+                table.add_row(w.upper(), system, "", "", "", "", "", "", "skipped", style="dim")
                 continue
             ratio = report["ratios"].get(system, {}).get(w) if system != "leaderless" else None
             window = run.get("config", {}).get("time_s") or config["time_s"]
             for i, (op, lat) in enumerate(run["latency_ms"].items()):
                 first = i == 0
-                table.add_row(w.upper() if first else "", system if first else "", op,
+                table.add_row(f"{w.upper()} {op}", system if first else "",
                               f"{run['ops'].get(op, 0) / window:,.0f}", ms(lat.get("p50")), ms(lat.get("p99")),
                               str(run["errors"]) if first else "",
                               f"{sum(run['client_cpu']):.2f}" if first else "",
@@ -219,9 +227,9 @@ def print_compare(report: dict[str, Any]) -> None:
             if "skipped" in run:
                 console.print(f"{system} {w.upper()} skipped: {run['skipped']}", markup=False,
                               soft_wrap=True)
-    console.print("ours/peer: leaderless ops/s over the peer's, same load. CPU: CPU seconds per second summed over "
-                  "the client (or server) processes, 1.0 = one core; pysyncobj's clients are its members, and its "
-                  "reads are local (no quorum).", markup=False, soft_wrap=True)
+    console.print("ours/peer: leaderless ops/s over the peer's under the same load. cpu cl / cpu srv: CPU seconds "
+                  "per second summed over the client / server processes (1.0 = one core). pysyncobj's clients are "
+                  "its members, and its reads are local (no quorum).", markup=False, soft_wrap=True)
     files = report.get("files", {})
     console.print(f"saved {files.get('json')}" + (f" and {files['png']}" if "png" in files else ""),
                   markup=False, soft_wrap=True)

@@ -236,9 +236,10 @@ class EtcdDriver(ThreadedDriver):
     def call(self, conn: http.client.HTTPConnection, op: str, key: str, value: bytes) -> None:
         k = base64.b64encode(key.encode()).decode("ascii")
         if op == "read":
-            path, body = "/v3/kv/range", '{"key":"%s"}' % k
+            path, body = "/v3/kv/range", f'{{"key":"{k}"}}'
         else:
-            path, body = "/v3/kv/put", '{"key":"%s","value":"%s"}' % (k, base64.b64encode(value).decode("ascii"))
+            v = base64.b64encode(value).decode("ascii")
+            path, body = "/v3/kv/put", f'{{"key":"{k}","value":"{v}"}}'
         conn.request("POST", path, body, {"Content-Type": "application/json"})
         response = conn.getresponse()
         data = response.read()

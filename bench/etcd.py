@@ -34,9 +34,10 @@ def free_ports(count: int) -> list[int]:
 
 class EtcdCluster:
     def __init__(self, base_dir: str | os.PathLike[str], members: int = 3) -> None:
-        self.binary = shutil.which("etcd")
-        if self.binary is None:
+        binary = shutil.which("etcd")
+        if binary is None:
             raise PeerUnavailable("etcd is not on PATH (Debian: apt-get install etcd-server etcd-client)")
+        self.binary: str = binary
         self.base_dir = Path(base_dir)
         self.members = members
         ports = free_ports(2 * members)

@@ -131,9 +131,14 @@ class LatencyHistogram:
         if backend not in ("hdr", "log"):
             raise ValueError(f"unknown histogram backend {backend!r}")
         self.backend = backend
-        self._h: Any = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES) if backend == "hdr" else LogBuckets()
+        self._h: Any
         # bound once: record() is called for every operation a worker completes
-        self._record = self._h.record_value if backend == "hdr" else self._h.record
+        if backend == "hdr":
+            self._h = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+            self._record = self._h.record_value
+        else:
+            self._h = LogBuckets()
+            self._record = self._h.record
 
     def record(self, micros: float, count: int = 1) -> None:
         self._record(_clamp(micros), count)

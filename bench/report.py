@@ -51,6 +51,8 @@ class ProgressBar:
 def ms(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 1:
+        return f"{value:.3f}"
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 

@@ -224,8 +224,8 @@ def merge_results(results: list[dict[str, Any]], duration_s: float, ops: Iterabl
         "throughput": round(total_ops / duration_s, 1),
         "ops": counts,
         "latency_ms": {op: summary_ms(h) for op, h in hists.items()},
-        "latency_curve_ms": {op: [[p, v / 1000] for p, v in h.percentiles(CURVE_PERCENTILES).items()]
-                             for op, h in hists.items() if h.count},
+        "latency_curve_ms": {op: latency_curve(h) for op, h in hists.items() if h.count},
+        "histograms": {op: h.encode() for op, h in hists.items()},        # microseconds; LatencyHistogram.decode
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "error_samples": [s for r in results for s in r["error_samples"]][:5],
@@ -236,6 +236,11 @@ def merge_results(results: list[dict[str, Any]], duration_s: float, ops: Iterabl
         "latency_source": ", ".join(s for s in sources if s),
         "histogram": next(iter(hists.values())).backend if hists else "",
     }
+
+
+def latency_curve(hist: LatencyHistogram) -> list[list[float]]:
+    """[percentile, milliseconds] pairs for the percentile plot."""
+    return [[p, v / 1000] for p, v in hist.percentiles(CURVE_PERCENTILES).items()]
 
 
 def machine() -> dict[str, Any]:
@@ -263,12 +268,15 @@ def run_on_cluster(cluster: Any, config: BenchConfig, *, load: bool, progress: P
     counters: dict[str, dict[str, dict[str, int]]] = {}
 
     def on_window(edge: str) -> None:
-        sampler.start() if edge == "start" else sampler.stop()
+        if edge == "start":
+            sampler.start()
+        else:
+            sampler.stop()
         counters[edge] = _node_counters(cluster)
 
     infos, results = run_workers(client_specs(config, target, load=load), config.warmup_s, config.time_s,
                                  progress=progress, phase=phase, on_window=on_window)
-    report = {"system": "leaderless", "workload": config.workload}
+    report: dict[str, Any] = {"system": "leaderless", "workload": config.workload}
     report.update(merge_results(results, config.time_s, WORKLOADS[config.workload].ops))
     report["server_cpu"] = sampler.busy
     report["group_commit"] = _group_commit(counters.get("start", {}), counters.get("end", {}))
@@ -310,7 +318,7 @@ def start_cluster(config: BenchConfig, data_dir: str) -> Any:
     from actors import LocalCluster
 
     cluster = LocalCluster(nodes=config.nodes, n=config.n, r=config.r, w=config.w, data_dir=data_dir,
-                           **({"timeout": config.request_timeout} if config.request_timeout else {}))
+                           timeout=config.request_timeout or 3.0)
     cluster.start()
     try:
         if config.bucket_type == "lww":

@@ -178,7 +178,7 @@ def _send_loop(socks: list[socket.socket], sampler: CpuSampler, time_s: float, w
             next_seq += count
         for selkey, _ in selector.select(timeout=0 if room > BATCH_MAX else 0.05):
             i = selkey.data
-            data = partial[i] + selkey.fileobj.recv(1 << 16)
+            data = partial[i] + socks[i].recv(1 << 16)
             whole = len(data) - len(data) % ACK.size
             if whole:
                 acked[i] = ACK.unpack_from(data, whole - ACK.size)[0]
