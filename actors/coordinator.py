@@ -14,6 +14,7 @@ Get:  waiting_answers (all N asked; answer at R, merged) -> waiting_read_repair 
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import time
@@ -173,6 +174,8 @@ class CoordinatorActor(pykka.ThreadingActor):
         self.clock = clock
         self.requests: dict[int, PutRequest | GetRequest] = {}
         self._ids = itertools.count(1)
+        self._timers: list[tuple[float, int, int, str]] = []
+        self._timer_seq = itertools.count()
 
     def on_receive(self, message: Any) -> None:
         for item in message.messages if isinstance(message, Batch) else (message,):
@@ -273,6 +276,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         request = PutRequest(client_req_id, reply_to, key, targets, tally, now + timeout, coordinating,
                              now, value, context, op=op, kind=kind, crdt_op=crdt_op, op_id=op_id, condition=condition)
         self.requests[req_id] = request
+        self._timer(request.deadline, req_id, "deadline")
         self._coordinate(req_id, request, coordinating, now)
 
     def _coordinate(self, req_id: int, request: PutRequest, node: str, now: float) -> None:
@@ -280,6 +284,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         request.coordinating = node
         request.tried.append(node)
         request.built_deadline = now + min(request.deadline - now, self.settings.timeout) / 3
+        self._timer(request.built_deadline, req_id, "built")
         hint = dict(request.targets)[node]
         self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint,
                                       request.kind, request.crdt_op, request.op_id, request.condition))
@@ -382,6 +387,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         self.requests[req_id] = GetRequest(message.req_id, message.reply_to, key, targets, tally,
                                            self.clock() + timeout, hints=dict(targets), bucket_type=props.type,
                                            min_context=min_context)
+        self._timer(self.requests[req_id].deadline, req_id, "deadline")
         for node, _ in targets:
             self.send(node, ReplicaGet(req_id, self.name, key))
 
@@ -399,6 +405,7 @@ class CoordinatorActor(pykka.ThreadingActor):
             if request.state == "waiting_answers":
                 # A session read that saw nothing new enough: ask every replica again soon.
                 request.retry_at = self.clock() + SESSION_RETRY
+                self._timer(request.retry_at, req_id, "retry")
                 request.tally = ReadTally(needed=request.tally.needed, targets=request.tally.targets)
                 self.stats.incr("get.session_retries")
             else:
@@ -423,26 +430,35 @@ class CoordinatorActor(pykka.ThreadingActor):
 
     # --- time --------------------------------------------------------------------------
 
+    def _timer(self, when: float, req_id: int, kind: str) -> None:
+        """Wake up at ``when`` for request ``req_id``: its "deadline", a "built" check, a session "retry"."""
+        heapq.heappush(self._timers, (when, next(self._timer_seq), req_id, kind))
+
     def _expire(self, now: float) -> None:
-        expired = [(req_id, req) for req_id, req in self.requests.items() if req.deadline <= now]
-        for req_id, request in expired:
-            del self.requests[req_id]
-            if isinstance(request, PutRequest):
-                if request.state != "answered":
-                    self._fail_put(request)
-            elif request.state == "waiting_answers":
-                self._fail_get(request)
-            else:
-                self._read_repair(req_id, request)
-        for req_id, request in list(self.requests.items()):
-            if isinstance(request, GetRequest) and request.retry_at is not None and request.retry_at <= now:
+        """Handle the timers that are due (a heap: no scan of the request table per tick)."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, req_id, kind = heapq.heappop(timers)
+            request = self.requests.get(req_id)
+            if request is None:
+                continue                                  # finished before its timer
+            if kind == "deadline":
+                del self.requests[req_id]
+                if isinstance(request, PutRequest):
+                    if request.state != "answered":
+                        self._fail_put(request)
+                elif request.state == "waiting_answers":
+                    self._fail_get(request)
+                else:
+                    self._read_repair(req_id, request)
+            elif kind == "built":
+                if (isinstance(request, PutRequest) and request.state == "waiting_built"
+                        and request.built_deadline == when):
+                    self._reroute(req_id, request, now)
+            elif isinstance(request, GetRequest) and request.retry_at == when:
                 request.retry_at = None
                 for node, _ in request.targets:
                     self.send(node, ReplicaGet(req_id, self.name, request.key))
-        slow = [(req_id, req) for req_id, req in self.requests.items()
-                if isinstance(req, PutRequest) and req.state == "waiting_built" and req.built_deadline <= now]
-        for req_id, request in slow:
-            self._reroute(req_id, request, now)
 
     def _fail_get(self, request: GetRequest) -> None:
         tally = request.tally
