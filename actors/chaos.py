@@ -31,7 +31,7 @@ from .errors import InvalidRequest, LeaderlessError
 from .history import History
 from .nemesis import NEMESES, Nemesis, expand
 from .ring import Ring
-from .workloads import COUNTER_PENDING, WORKLOADS, make_workload
+from .workloads import MODES, WORKLOADS, make_workload
 
 FAST_REPAIR: dict[str, Any] = {"aae_interval": 0.05, "hint_interval": 0.1, "handoff_interval": 0.2}
 """Repair timers of a chaos cluster: hints and anti-entropy run often, so healing is quick."""
@@ -56,16 +56,19 @@ def parse_nemesis(nemesis: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def check_options(nodes: int, nemesis: str | Iterable[str], workload: str, time_s: float, n: int = 3,
-                  interval: float | None = None) -> tuple[str, ...]:
+                  interval: float | None = None, mode: str = "siblings") -> tuple[str, ...]:
     """Validate a run's options (``OptionError``, one clear sentence); returns the fault kinds."""
     if nodes < MIN_NODES:
         raise OptionError("nodes", f"a chaos run needs at least {MIN_NODES} nodes, got {nodes}")
     if not 1 <= n <= nodes:
         raise OptionError("n", f"n={n} must be between 1 and the {nodes} nodes")
-    if workload == "counter":
-        raise OptionError("workload", COUNTER_PENDING)
     if workload not in WORKLOADS:
-        raise OptionError("workload", f"unknown workload {workload!r}; choose from set, register")
+        raise OptionError("workload", f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
+    if mode not in MODES:
+        raise OptionError("mode", f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if mode != "siblings" and workload == "counter":
+        raise OptionError("mode", f"the counter workload uses a counter bucket; --mode {mode} applies to set and "
+                                  "register")
     if not time_s > 0:
         raise OptionError("time", f"time must be a positive number of seconds, got {time_s}")
     if interval is not None and not interval > 0:
@@ -86,18 +89,19 @@ def default_interval(time_s: float) -> float:
 
 def run_chaos(nodes: int = 5, nemesis: str | Iterable[str] = ("partition", "kill", "slow"), workload: str = "set",
               time_s: float = 60.0, seed: int = 7, data_dir: str | Path | None = None, n: int = 3,
-              r: int | str = 2, w: int | str = 2, *, interval: float | None = None,
+              r: int | str = 2, w: int | str = 2, *, mode: str = "siblings", interval: float | None = None,
               progress: Callable[[str], None] | None = None, convergence_timeout: float = 60.0,
               history_path: str | Path | None = None, workload_options: Mapping[str, Any] | None = None,
               ) -> dict[str, Any]:
     """One chaos run on a fresh cluster; returns the verdict (see the module docstring).
 
-    Raises ``InvalidRequest`` for bad options (``counter`` until CRDT counters exist) and
-    ``LeaderlessError`` when the cluster cannot be started. ``history_path`` keeps the
-    whole history as JSON.
+    ``mode`` is the bucket type the set and register workloads write to: ``siblings`` or
+    ``lww`` (lossy by design: the verdict then measures the loss). Raises ``InvalidRequest``
+    for bad options and ``LeaderlessError`` when the cluster cannot be started.
+    ``history_path`` keeps the whole history as JSON.
     """
     try:
-        faults = check_options(nodes, nemesis, workload, time_s, n, interval)
+        faults = check_options(nodes, nemesis, workload, time_s, n, interval, mode)
     except OptionError as exc:
         raise InvalidRequest(str(exc)) from None
     if data_dir is not None and (Path(data_dir) / "cluster.json").exists():
@@ -105,11 +109,11 @@ def run_chaos(nodes: int = 5, nemesis: str | Iterable[str] = ("partition", "kill
     interval = interval or default_interval(time_s)
     say = progress or (lambda line: None)
     started = time.monotonic()
-    say(f"starting {nodes} nodes (n={n}, r={r}, w={w}); workload {workload}; nemesis {','.join(faults)}; "
+    say(f"starting {nodes} nodes (n={n}, r={r}, w={w}); workload {workload} ({mode}); nemesis {','.join(faults)}; "
         f"seed {seed}; {time_s:g} s, faults every {interval:.2f} s")
     with LocalCluster(nodes=nodes, n=n, r=r, w=w, data_dir=data_dir, **FAST_REPAIR) as cluster:
         history = History()                       # its clock starts with the workload
-        load = make_workload(workload, cluster, history, seed=seed, **dict(workload_options or {}))
+        load = make_workload(workload, cluster, history, seed=seed, mode=mode, **dict(workload_options or {}))
         chaos = Nemesis(cluster, faults, history, seed=seed, interval=interval, progress=say)
         try:
             load.start()
@@ -140,6 +144,7 @@ def run_chaos(nodes: int = 5, nemesis: str | Iterable[str] = ("partition", "kill
         "convergence_s": convergence_s,
         "acknowledged": verdict["acknowledged"],
         "lost": verdict["lost"],
+        "lost_fraction": round(verdict["lost"] / verdict["acknowledged"], 4) if verdict["acknowledged"] else 0.0,
         "unexpected": verdict["unexpected"],
         "recovered": verdict.get("recovered", 0),
         "stale_reads": verdict.get("stale_reads", 0),
@@ -147,6 +152,7 @@ def run_chaos(nodes: int = 5, nemesis: str | Iterable[str] = ("partition", "kill
         "seed": seed,
         "nemesis": list(faults),
         "workload": workload,
+        "mode": load.bucket_type,
         "attempted": verdict["attempted"],
         "indeterminate": verdict["indeterminate"],
         "nodes": nodes, "n": n, "r": r, "w": w,
@@ -245,9 +251,12 @@ def summary_line(result: Mapping[str, Any]) -> str:
     verdict = "PASS" if passed(result) else "FAIL"
     conv = f"{result['convergence_s']:.1f}s" if result.get("convergence_s") is not None else "never"
     errors = f"  errors {len(result['errors'])}" if result.get("errors") else ""
+    unread = (result.get("checker") or {}).get("unread_keys")
+    errors += f"  unread keys {len(unread)}" if unread else ""
     by_fault = result.get("stale_reads_by_fault") or {}
     where = f" ({', '.join(f'{k} {v}' for k, v in by_fault.items())})" if by_fault else ""
-    return (f"{verdict}  seed {result['seed']:>3}  {result['workload']}  valid={result['valid']}  "
+    workload = result["workload"] + (f"/{result['mode']}" if result.get("mode", "siblings") != "siblings" else "")
+    return (f"{verdict}  seed {result['seed']:>3}  {workload}  valid={result['valid']}  "
             f"converged={result['converged']} ({conv})  acknowledged {result['acknowledged']}  "
             f"lost {result['lost']}  unexpected {result['unexpected']}  recovered {result['recovered']}  "
             f"stale reads {result['stale_reads']}{where}  faults {len(result['faults'])}  "
@@ -270,7 +279,7 @@ def verdict_table(result: Mapping[str, Any]) -> Any:
     rows = [
         ("valid", flag(result["valid"], str(result["valid"]))),
         ("acknowledged", str(result["acknowledged"])),
-        ("lost", flag(result["lost"] == 0, str(result["lost"]))),
+        ("lost", flag(result["lost"] == 0, f"{result['lost']} ({result.get('lost_fraction', 0):.2%})")),
         ("unexpected", flag(result["unexpected"] == 0, str(result["unexpected"]))),
         ("recovered (indeterminate, present)", str(result["recovered"])),
         ("indeterminate", str(result.get("indeterminate", ""))),
@@ -280,7 +289,8 @@ def verdict_table(result: Mapping[str, Any]) -> Any:
         ("stale reads by fault", ", ".join(f"{k} {v}" for k, v in result.get("stale_reads_by_fault", {}).items())
          or "-"),
         ("faults injected", str(len(result["faults"]))),
-        ("workload / nemesis", f"{result['workload']} / {','.join(result['nemesis'])}"),
+        ("workload (mode) / nemesis",
+         f"{result['workload']} ({result.get('mode', 'siblings')}) / {','.join(result['nemesis'])}"),
         ("nodes, n/r/w", f"{result['nodes']}, {result['n']}/{result['r']}/{result['w']}"),
         ("seed", str(result["seed"])),
         ("elapsed", f"{result['elapsed_s']} s"),
@@ -306,8 +316,12 @@ def one_line_usage_error(message: str, param_hint: str) -> Exception:
 
 
 def matrix(seeds: Iterable[int], *, nodes: int = 5, nemesis: str | Iterable[str] = "all", workload: str = "set",
-           time_s: float = 60.0, out: Callable[[str], None] = print, **options: Any) -> list[dict[str, Any]]:
-    """One run per seed; prints a line per run and a final summary; returns the results."""
+           time_s: float = 60.0, out: Callable[[str], None] = print, save: str | Path | None = None,
+           **options: Any) -> list[dict[str, Any]]:
+    """One run per seed; prints a line per run and a final summary; returns the results.
+
+    ``save``: a directory that receives each run's whole verdict as ``seed-N.json``.
+    """
     results: list[dict[str, Any]] = []
     for seed in seeds:
         try:
@@ -322,6 +336,9 @@ def matrix(seeds: Iterable[int], *, nodes: int = 5, nemesis: str | Iterable[str]
             break
         out(summary_line(result))
         results.append(result)
+        if save is not None:
+            Path(save).mkdir(parents=True, exist_ok=True)
+            (Path(save) / f"seed-{seed}.json").write_text(json.dumps(result, default=str, indent=1))
     ran = [r for r in results if "acknowledged" in r]
     times = [r["convergence_s"] for r in ran if r.get("convergence_s") is not None]
     out(f"{len(results)} runs: {sum(passed(r) for r in results)} passed, "
@@ -345,21 +362,24 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from {', '.join(NEMESES)} (default: all for the matrix, "
                              "partition,kill,slow for a single run)")
     parser.add_argument("--workload", default="set", help=f"one of {', '.join(WORKLOADS)}")
+    parser.add_argument("--mode", default="siblings", help=f"bucket type of set/register: {', '.join(MODES)}")
     parser.add_argument("--verbose", action="store_true", help="print every fault as it happens (stderr)")
+    parser.add_argument("--save", default=None, help="matrix: a directory for each run's whole verdict (JSON)")
     args = parser.parse_args(argv)
     nemesis = args.nemesis or ("all" if args.matrix else "partition,kill,slow")
     try:
-        check_options(args.nodes, nemesis, args.workload, args.time)
+        check_options(args.nodes, nemesis, args.workload, args.time, mode=args.mode)
     except OptionError as exc:
         parser.error(str(exc))
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.verbose else None
     if args.matrix:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         results = matrix(seeds, nodes=args.nodes, nemesis=nemesis, workload=args.workload, time_s=args.time,
-                         out=lambda line: print(line, flush=True), progress=progress)
+                         out=lambda line: print(line, flush=True), progress=progress, mode=args.mode,
+                         save=args.save)
         return 0 if all(passed(r) for r in results) else 1
     result = run_chaos(nodes=args.nodes, nemesis=nemesis, workload=args.workload, time_s=args.time, seed=args.seed,
-                       progress=progress)
+                       progress=progress, mode=args.mode)
     print(json.dumps(result, default=str))
     return 0 if passed(result) else 1
 

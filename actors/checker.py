@@ -278,23 +278,32 @@ def _stale_multi_reads(writes: list[Op], index: dict[Any, int], ancestors: list[
 
 # --- counters --------------------------------------------------------------------------------
 
-def check_counter(history: History | Iterable[Op], final_reads: Mapping[Any, int | None] | None = None
-                  ) -> dict[str, Any]:
-    """Every counter read lies between what was certainly and what was possibly applied.
+def check_counter(history: History | Iterable[Op], final_reads: Mapping[Any, int | None] | None = None,
+                  *, strict: bool = False) -> dict[str, Any]:
+    """Counter reads lie between what was certainly and what was possibly applied.
 
     For a read, an ``increment`` acknowledged before the read began certainly counts; one
-    acknowledged or indeterminate and invoked before the read ended possibly counts;
-    a failed one never does. Deltas may be negative (decrements). ``final_reads`` are
-    reads after everything ended: every acknowledged increment counts, every
-    indeterminate one may. ``valid`` when no read falls outside its bounds.
+    acknowledged or indeterminate and invoked before the read ended possibly counts; a
+    failed one never does. Deltas may be negative (decrements). ``final_reads`` are reads
+    after everything ended (every acknowledged increment counts, every indeterminate one
+    may); ``None`` for a key whose final read failed.
+
+    A read above its upper bound counted something never attempted, or an operation
+    twice: always an error (``unexpected``). A final read below its lower bound lost
+    acknowledged increments: an error (``lost``). A read during the run below its lower
+    bound missed increments acknowledged elsewhere: with ``strict`` (a linearizable
+    counter, Jepsen's checker) an error, otherwise a ``stale_read`` (an eventually
+    consistent counter read from R replicas may). ``valid`` when there is no error and
+    every key had its final read.
     """
     ops = ops_of(history)
-    keys: list[Any] = sorted({op.key for op in ops if op.kind in ("increment", "read")} | set(final_reads or {}),
-                             key=str)
+    finals = dict(final_reads or {})
+    keys: list[Any] = sorted({op.key for op in ops if op.kind in ("increment", "read")} | set(finals), key=str)
     errors: list[dict[str, Any]] = []
+    stale: list[float] = []
     acknowledged: dict[Any, int] = {}
     attempted: dict[Any, int] = {}
-    read_count = 0
+    read_count = lost = unexpected = 0
     end = float("inf")
     for key in keys:
         incs = [op for op in ops if op.kind == "increment" and op.key == key and op.outcome != "fail"]
@@ -306,24 +315,43 @@ def check_counter(history: History | Iterable[Op], final_reads: Mapping[Any, int
         attempted[key] = maybe_pos[-1] + maybe_neg[-1]
         checks = [(op.invoked_at, op.completed_at if op.completed_at is not None else end, op.result, "read")
                   for op in ops if op.kind == "read" and op.key == key and op.outcome == "ok"]
-        if final_reads is not None and final_reads.get(key) is not None:
-            checks.append((end, end, final_reads[key], "final-read"))
+        if finals.get(key) is not None:
+            checks.append((end, end, finals[key], "final-read"))
         for invoked, completed, value, kind in checks:
             read_count += 1
             j = bisect.bisect_left(sure_t, invoked) if invoked != end else len(sure_t) - 1
             k = bisect.bisect_left(maybe_t, completed) if completed != end else len(maybe_t) - 1
-            j, k = max(j, 0), max(k, 0)
             lower = sure_sum[j] + (maybe_neg[k] - sure_neg[j])
             upper = sure_sum[j] + (maybe_pos[k] - sure_pos[j])
-            if not isinstance(value, int) or not lower <= value <= upper:
-                errors.append({"key": key, "kind": kind, "value": value, "lower": lower, "upper": upper,
-                               "at": None if invoked == end else invoked})
+            error = {"key": key, "kind": kind, "value": value, "lower": lower, "upper": upper,
+                     "at": None if invoked == end else invoked}
+            if not isinstance(value, int) or isinstance(value, bool) or value > upper:
+                unexpected += 1
+                errors.append(error)
+            elif value < lower and kind == "final-read":
+                lost += 1
+                errors.append(error)
+            elif value < lower and strict:
+                errors.append(error)
+            elif value < lower:
+                stale.append(invoked)
+    increments = [op for op in ops if op.kind == "increment"]
+    unread = sorted((k for k in keys if finals.get(k) is None), key=str) if final_reads is not None else []
     return {
-        "valid": not errors,
+        "valid": not errors and not unread,
+        "attempted": sum(1 for op in increments if op.outcome != "fail"),
+        "acknowledged": sum(1 for op in increments if op.outcome == "ok"),
+        "indeterminate": sum(1 for op in increments if op.outcome == "info"),
+        "lost": lost,
+        "unexpected": unexpected,
         "reads": read_count,
+        "stale_reads": len(stale),
+        "stale_read_times": sorted(stale),
         "errors": errors,
-        "acknowledged": acknowledged,
-        "attempted": attempted,
+        "unread_keys": unread,
+        "acknowledged_sum": acknowledged,
+        "attempted_sum": attempted,
+        "final": {key: finals.get(key) for key in keys} if final_reads is not None else {},
     }
 
 

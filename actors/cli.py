@@ -345,7 +345,9 @@ def delete(key: str, w_val: str | None, data_dir: str) -> None:
 @click.option("--nemesis", default="partition,kill,slow", show_default=True,
               help="Comma-separated faults: partition (halves, isolate, bridge, ring), kill, pause, slow, loss, "
                    "duplicate, reorder, degrade, clock, all.")
-@click.option("--workload", default="set", show_default=True, help="set or register (counter: issue 5).")
+@click.option("--workload", default="set", show_default=True, help="set, register or counter.")
+@click.option("--mode", default="siblings", show_default=True,
+              help="Bucket type the set and register workloads write to: siblings or lww (lossy: measured).")
 @click.option("--time", "time_s", default=60.0, show_default=True, type=float, help="Seconds of faults and load.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Seed of the fault schedule and workload.")
 @click.option("--interval", default=None, type=float, help="Seconds per fault and per quiet spell "
@@ -358,8 +360,8 @@ def delete(key: str, w_val: str | None, data_dir: str) -> None:
 @click.option("--data-dir", "chaos_dir", default=None, type=click.Path(file_okay=False),
               help="A fresh directory for the cluster (kept, with every node's log) [default: a temporary one].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
-def chaos(nodes: int, nemesis: str, workload: str, time_s: float, seed: int, interval: float | None, n_val: int,
-          r_val: str, w_val: str, history_path: str | None, chaos_dir: str | None, as_json: bool) -> None:
+def chaos(nodes: int, nemesis: str, workload: str, mode: str, time_s: float, seed: int, interval: float | None,
+          n_val: int, r_val: str, w_val: str, history_path: str | None, chaos_dir: str | None, as_json: bool) -> None:
     """Run a fresh cluster under a workload and a nemesis, then check nothing acknowledged was lost.
 
     Exit code 0 only when the history is valid and every replica converged.
@@ -369,11 +371,11 @@ def chaos(nodes: int, nemesis: str, workload: str, time_s: float, seed: int, int
     from .chaos import OptionError, check_options, one_line_usage_error, passed, run_chaos, verdict_table
 
     try:
-        check_options(nodes, nemesis, workload, time_s, n_val, interval)
+        check_options(nodes, nemesis, workload, time_s, n_val, interval, mode)
     except OptionError as exc:
         raise one_line_usage_error(str(exc), f"'--{exc.option}'") from None
     progress_console = Console(stderr=True, highlight=False)
-    result = run_chaos(nodes=nodes, nemesis=nemesis, workload=workload, time_s=time_s, seed=seed, n=n_val,
+    result = run_chaos(nodes=nodes, nemesis=nemesis, workload=workload, mode=mode, time_s=time_s, seed=seed, n=n_val,
                        r=_quorum(r_val) or r_val, w=_quorum(w_val) or w_val, interval=interval,
                        progress=lambda line: progress_console.print(line, markup=False, soft_wrap=True),
                        history_path=history_path, data_dir=chaos_dir)

@@ -57,7 +57,7 @@ class LocalCluster:
 
     def __init__(self, nodes: int = 5, n: int = 3, r: int | str = 2, w: int | str = 2,
                  data_dir: str | os.PathLike[str] | None = None, *, base_port: int | None = None,
-                 host: str = "127.0.0.1", timeout: float = 3.0, partitions: int = 64, start_timeout: float = 30.0,
+                 host: str = "127.0.0.1", timeout: float = 5.0, partitions: int = 64, start_timeout: float = 30.0,
                  **settings: Any) -> None:
         """Configure a cluster (written to ``DATA_DIR/cluster.json``); ``start()`` or ``with`` starts it.
 

@@ -263,7 +263,8 @@ class CoordinatorActor(pykka.ThreadingActor):
         targets = self.membership.preference_list(key, props.n)
         tally = WriteTally(needed=w, targets=tuple(node for node, _ in targets))
         if tally.hopeless:
-            self._reply(reply_to, client_req_id, False, QuorumFailed(needed=w, got=0, replicas=[], op=op),
+            down = sorted(self.membership.down & set(self.membership.primaries(key, props.n)))
+            self._reply(reply_to, client_req_id, False, QuorumFailed(needed=w, got=0, replicas=[], op=op, down=down),
                         f"{op}.quorum_failed")
             return
         nodes = [node for node, _ in targets]
@@ -380,8 +381,9 @@ class CoordinatorActor(pykka.ThreadingActor):
         targets = self.membership.preference_list(key, props.n)
         tally = ReadTally(needed=r, targets=tuple(node for node, _ in targets))
         if tally.hopeless:
+            down = sorted(self.membership.down & set(self.membership.primaries(key, props.n)))
             self._reply(message.reply_to, message.req_id, False,
-                        QuorumFailed(needed=r, got=0, replicas=[], op="get"), "get.quorum_failed")
+                        QuorumFailed(needed=r, got=0, replicas=[], op="get", down=down), "get.quorum_failed")
             return
         req_id = next(self._ids)
         self.requests[req_id] = GetRequest(message.req_id, message.reply_to, key, targets, tally,

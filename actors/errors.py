@@ -54,17 +54,20 @@ class QuorumFailed(LeaderlessError):
     reached some replicas: its outcome is indeterminate, not "not written".
     """
 
-    def __init__(self, needed: int, got: int, replicas: list[str] | tuple[str, ...] = (), op: str = "") -> None:
+    def __init__(self, needed: int, got: int, replicas: list[str] | tuple[str, ...] = (), op: str = "",
+                 down: list[str] | tuple[str, ...] = ()) -> None:
         self.needed = needed
         self.got = got
         self.replicas = list(replicas)
         self.op = op
-        super().__init__(needed, got, self.replicas, op)
+        self.down = list(down)        # preference-list nodes the coordinator saw down (not even asked)
+        super().__init__(needed, got, self.replicas, op, self.down)
 
     def __str__(self) -> str:
         what = f"{self.op}: " if self.op else ""
+        down = f"; down as the coordinator sees it: {', '.join(self.down)}" if self.down else ""
         return (f"{what}quorum failed: needed {self.needed}, got {self.got}"
-                f" (answered: {', '.join(self.replicas) or 'none'})")
+                f" (answered: {', '.join(self.replicas) or 'none'}{down})")
 
 
 class RequestTimeout(LeaderlessError):

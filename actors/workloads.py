@@ -13,7 +13,12 @@
 - ``register``: one writer thread per single-writer key writes increasing integers;
   several writers share each multi-writer key; every write reads first and writes with
   that read's context; reader threads read random keys (for stale-read counting).
-- ``counter``: needs CRDT counters (issue 5); ``check_counter`` is ready for it.
+- ``counter``: threads increment and decrement a few keys of a ``counter`` bucket (CRDT
+  operations, retried by the client with one operation id); readers read them.
+
+``mode`` picks the bucket type the ``set`` and ``register`` workloads write to: ``siblings``
+(the default bucket, dotted version vectors) or ``lww`` (last write wins by hybrid clock,
+lossy by design: the checker then measures how much it loses).
 
 Each thread has its own ``Client`` bound to two nodes (spread round the cluster), so a
 fault near "its" nodes shows up as failed or indeterminate ops. Every loop is bounded in
@@ -29,7 +34,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .checker import check_register, check_set
+from .checker import check_counter, check_register, check_set
 from .client import Client
 from .errors import InvalidRequest, LeaderlessError
 from .history import History, outcome_of
@@ -37,7 +42,7 @@ from .history import History, outcome_of
 log = logging.getLogger(__name__)
 
 WORKLOADS = ("set", "register", "counter")
-COUNTER_PENDING = "counter workload needs CRDT counters (issue 5)"
+MODES = ("siblings", "lww")
 _SPLIT = re.compile(r"[,\n]")
 
 
@@ -67,8 +72,16 @@ class Workload:
 
     name = ""
 
+    bucket = ""
+    bucket_type = "siblings"
+
     def __init__(self, cluster: Any, history: History, *, seed: int = 0, client_timeout: float = 1.0,
-                 pause_s: float = 0.005, max_ops: int = 100_000) -> None:
+                 pause_s: float = 0.005, max_ops: int = 100_000, mode: str = "siblings") -> None:
+        if mode not in MODES:
+            raise InvalidRequest(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode == "lww":
+            self.bucket, self.bucket_type = "chaos-lww", "lww"
+        self.mode = mode
         self.cluster = cluster
         self.history = history
         self.seed = seed
@@ -84,6 +97,9 @@ class Workload:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.bucket:
+            with self.cluster.client() as admin:
+                admin.create_bucket(self.bucket, type=self.bucket_type)
         for proc, target in enumerate(self._plan()):
             nodes = self.cluster.nodes
             home = [nodes[proc % len(nodes)], nodes[(proc + 1) % len(nodes)]]
@@ -127,13 +143,14 @@ class Workload:
     # --- client calls ----------------------------------------------------------------------
 
     def _get(self, client: Client, key: str) -> Any:
-        return client.get_async(key).get(timeout=self.client_timeout + 1.0)
+        return client.get_async(key, bucket=self.bucket).get(timeout=self.client_timeout + 1.0)
 
     def _put(self, client: Client, key: str, value: bytes, context: Any) -> Any:
-        return client.put_async(key, value, context=context).get(timeout=self.client_timeout + 1.0)
+        future = client.put_async(key, value, context=context, bucket=self.bucket)
+        return future.get(timeout=self.client_timeout + 1.0)
 
     def _read(self, client: Client, proc: int, key: str, parse: Any) -> Any:
-        """A recorded read: ``(parsed values, context)``, or ``None`` when it failed."""
+        """A recorded read: ``(parse(result), context)``, or ``None`` when it failed."""
         handle = self.history.invoke(proc, "read", key)
         try:
             result = self._get(client, key)
@@ -143,8 +160,8 @@ class Workload:
         except BaseException as exc:
             self.history.complete(handle, "fail", f"{type(exc).__name__}: {exc}")
             raise
-        values = parse(result.values)
-        self.history.complete(handle, "ok", sorted(values, key=str))
+        values = parse(result)
+        self.history.complete(handle, "ok", sorted(values, key=str) if isinstance(values, (set, list)) else values)
         return values, result.context
 
     # --- after the run ---------------------------------------------------------------------
@@ -157,17 +174,17 @@ class Workload:
             for attempt in range(attempts):
                 handle = self.history.invoke("final", "final-read", key)
                 try:
-                    result = client.get(key, r=r, timeout=5.0)
+                    result = client.get(key, r=r, timeout=5.0, bucket=self.bucket)
                 except LeaderlessError as exc:
                     self.history.complete(handle, "fail", f"{type(exc).__name__}: {exc}")
                     self._stop.wait(0.5 * (attempt + 1))
                     continue
-                out[key] = self._final_value(result.values)
+                out[key] = self._final_value(result)
                 self.history.complete(handle, "ok", out[key])
                 break
         return out
 
-    def _final_value(self, values: list[bytes]) -> Any:
+    def _final_value(self, result: Any) -> Any:
         raise NotImplementedError
 
     def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,7 +221,7 @@ class SetWorkload(Workload):
             if attempt and not self._wait(attempt):
                 break
             attempt += 1
-            read = self._read(client, proc, key, parse_set)
+            read = self._read(client, proc, key, _set_of)
             if read is None:
                 continue                       # nothing was written: this attempt certainly failed
             elements, context = read
@@ -224,8 +241,8 @@ class SetWorkload(Workload):
         detail = {"attempts": attempt, "error": f"{type(error).__name__}: {error}" if error else "read failed"}
         self.history.complete(handle, "info" if indeterminate else "fail", detail)
 
-    def _final_value(self, values: list[bytes]) -> list[str]:
-        return sorted(parse_set(values))
+    def _final_value(self, result: Any) -> list[str]:
+        return sorted(parse_set(result.values))
 
     def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
         return check_set(self.history, final_reads)
@@ -261,7 +278,7 @@ class RegisterWorkload(Workload):
 
     def _write(self, proc: int, client: Client, key: str, value: int) -> None:
         handle = self.history.invoke(proc, "write", key, value)
-        read = self._read(client, proc, key, parse_register)
+        read = self._read(client, proc, key, _register_of)
         if read is None:
             self.history.complete(handle, "fail", {"observed": None, "error": "read failed"})
             return
@@ -281,25 +298,91 @@ class RegisterWorkload(Workload):
         for _ in range(self.max_ops):
             if not self._wait():
                 return
-            self._read(client, proc, rng.choice(self.keys), parse_register)
+            self._read(client, proc, rng.choice(self.keys), _register_of)
 
-    def _final_value(self, values: list[bytes]) -> list[Any]:
-        return parse_register(values)
+    def _final_value(self, result: Any) -> list[Any]:
+        return parse_register(result.values)
 
     def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
         return check_register(self.history, final_reads)
 
 
+class CounterWorkload(Workload):
+    """Increments and decrements of a few keys of a ``counter`` bucket, and reads of them."""
+
+    name = "counter"
+    bucket = "chaos-counter"
+    bucket_type = "counter"
+    DELTAS = (1, 1, 2, 3, 5, -1, -2)
+
+    def __init__(self, cluster: Any, history: History, *, keys: int = 2, incrementers: int = 4, readers: int = 2,
+                 attempts: int = 3, **kwargs: Any) -> None:
+        if kwargs.get("mode", "siblings") != "siblings":
+            raise InvalidRequest("the counter workload has no mode: it always uses a counter bucket")
+        super().__init__(cluster, history, **kwargs)
+        self.keys = [f"counter:{i}" for i in range(keys)]
+        self.incrementers = incrementers
+        self.readers = readers
+        self.attempts = attempts
+
+    def _plan(self) -> list[Any]:
+        return [self._incrementer] * self.incrementers + [self._reader] * self.readers
+
+    def _incrementer(self, proc: int, client: Client, rng: random.Random) -> None:
+        for _ in range(self.max_ops):
+            if not self._wait():
+                return
+            self._increment(proc, client, rng.choice(self.keys), rng.choice(self.DELTAS))
+
+    def _increment(self, proc: int, client: Client, key: str, delta: int) -> None:
+        handle = self.history.invoke(proc, "increment", key, delta)
+        op = ("increment", delta) if delta >= 0 else ("decrement", -delta)
+        try:        # retried inside on timeouts and QuorumFailed, with one operation id: applied at most once
+            client.update(self.bucket, key, op, timeout=self.client_timeout, attempts=self.attempts)
+        except LeaderlessError as exc:
+            self.history.complete(handle, outcome_of("increment", exc), f"{type(exc).__name__}: {exc}")
+            return
+        except BaseException:
+            self.history.complete(handle, "info", "workload crashed")
+            raise
+        self.history.complete(handle, "ok")
+
+    def _reader(self, proc: int, client: Client, rng: random.Random) -> None:
+        for _ in range(self.max_ops):
+            if not self._wait():
+                return
+            self._read(client, proc, rng.choice(self.keys), _counter_of)
+
+    def _final_value(self, result: Any) -> Any:
+        return _counter_of(result)
+
+    def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
+        return check_counter(self.history, final_reads)
+
+
+def _set_of(result: Any) -> set[str]:
+    return parse_set(result.values)
+
+
+def _register_of(result: Any) -> list[Any]:
+    return parse_register(result.values)
+
+
+def _counter_of(result: Any) -> Any:
+    value = getattr(result, "value", None)
+    return value if isinstance(value, int) else (0 if value is None else repr(value))
+
+
 def make_workload(name: str, cluster: Any, history: History, **kwargs: Any) -> Workload:
-    """The workload called ``name`` (``set`` or ``register``); ``counter`` waits for CRDT counters."""
+    """The workload called ``name``: ``set``, ``register`` or ``counter``."""
     if name == "set":
         return SetWorkload(cluster, history, **kwargs)
     if name == "register":
         return RegisterWorkload(cluster, history, **kwargs)
     if name == "counter":
-        raise InvalidRequest(COUNTER_PENDING)
+        return CounterWorkload(cluster, history, **kwargs)
     raise InvalidRequest(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
 
 
-__all__ = ["COUNTER_PENDING", "RegisterWorkload", "SetWorkload", "WORKLOADS", "Workload", "encode_set",
-           "make_workload", "parse_register", "parse_set"]
+__all__ = ["CounterWorkload", "MODES", "RegisterWorkload", "SetWorkload", "WORKLOADS", "Workload",
+           "encode_set", "make_workload", "parse_register", "parse_set"]

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import wait as wait_any
+from pathlib import Path
 from typing import Any
 
 from .config import BENCH_BUCKET, BenchConfig
@@ -246,7 +247,25 @@ def latency_curve(hist: LatencyHistogram) -> list[list[float]]:
 def machine() -> dict[str, Any]:
     """What the numbers were measured on; ``load_avg`` (1, 5, 15 min) shows other work sharing the CPUs."""
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(terse=True),
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+            "load_avg": [round(x, 2) for x in os.getloadavg()], "revision": revision()}
+
+
+def revision() -> str | None:
+    """The git commit the code was checked out at (read from .git, no git command), if any."""
+    git = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:12]
+        ref = head[5:]
+        if (git / ref).exists():
+            return (git / ref).read_text().strip()[:12]
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0][:12]
+    except OSError:
+        pass
+    return None
 
 
 def client_specs(config: BenchConfig, target: dict[str, Any], *, load: bool) -> list[dict[str, Any]]:

@@ -48,7 +48,9 @@ def kill_leftovers(directory: Path) -> None:
 
 
 def assert_passed(result: dict) -> None:
-    summary = {k: result[k] for k in REQUIRED} | {"errors": result["errors"], "faults": len(result["faults"])}
+    summary = {k: result[k] for k in REQUIRED} | {k: result[k] for k in ("errors", "ops", "elapsed_s", "convergence")}
+    summary |= {"faults": [f["fault"]["description"] for f in result["faults"]],
+                "unread_keys": result["checker"].get("unread_keys")}
     assert result["valid"] and result["converged"], summary
     assert result["lost"] == 0 and result["unexpected"] == 0, summary
     assert result["acknowledged"] > 100, summary            # the workload did work despite the faults
@@ -79,7 +81,7 @@ def test_a_register_run_under_pauses_slowness_loss_duplication_reordering_and_cl
         tmp_path: Path) -> None:
     data_dir = tmp_path / "cluster"
     try:
-        result = run_chaos(nodes=5, nemesis=("pause", "slow", "degrade", "clock"), workload="register", time_s=8,
+        result = run_chaos(nodes=5, nemesis=("pause", "slow", "degrade", "clock"), workload="register", time_s=6,
                            seed=3, data_dir=data_dir)
     finally:
         kill_leftovers(data_dir)
@@ -87,6 +89,32 @@ def test_a_register_run_under_pauses_slowness_loss_duplication_reordering_and_cl
     assert result["checker"]["single_writer_keys"] and result["checker"]["multi_writer_keys"]
     assert result["checker"]["reads"] > 0
     assert not processes_using(data_dir)
+
+
+def test_a_counter_run_under_kills_and_pauses_stays_between_acknowledged_and_attempted_increments(
+        tmp_path: Path) -> None:
+    data_dir = tmp_path / "cluster"
+    try:
+        result = run_chaos(nodes=5, nemesis=("kill", "pause"), workload="counter", time_s=6, seed=5,
+                           data_dir=data_dir)
+    finally:
+        kill_leftovers(data_dir)
+    assert_passed(result)
+    checker = result["checker"]
+    assert result["mode"] == "counter" and checker["reads"] > 0
+    assert all(isinstance(value, int) for value in checker["final"].values()) and checker["errors"] == []
+
+
+def test_last_write_wins_loses_concurrent_adds_and_the_verdict_says_how_many(tmp_path: Path) -> None:
+    data_dir = tmp_path / "cluster"
+    try:
+        result = run_chaos(nodes=5, nemesis=("slow",), workload="set", mode="lww", time_s=4, seed=6,
+                           data_dir=data_dir, workload_options={"keys": 1})
+    finally:
+        kill_leftovers(data_dir)
+    assert result["mode"] == "lww" and result["converged"]
+    assert not result["valid"] and result["lost"] > 0 and result["unexpected"] == 0
+    assert 0 < result["lost_fraction"] < 1 and result["lost"] == len(result["checker"]["lost_elements"])
 
 
 def test_the_cli_prints_exactly_one_json_object_with_the_verdict_and_exits_0(tmp_path: Path) -> None:
@@ -167,7 +195,8 @@ def test_stale_reads_are_attributed_to_the_fault_in_force_when_they_began() -> N
     (["--nodes", "2"], "at least 3 nodes"),
     (["--nemesis", "partition,flood"], "unknown nemesis 'flood'"),
     (["--workload", "bank"], "unknown workload 'bank'"),
-    (["--workload", "counter"], "counter workload needs CRDT counters (issue 5)"),
+    (["--mode", "quorum"], "unknown mode 'quorum'"),
+    (["--workload", "counter", "--mode", "lww"], "counter workload uses a counter bucket"),
     (["--time", "0"], "positive number of seconds"),
 ])
 def test_bad_options_are_one_line_and_exit_code_2(args: list[str], message: str) -> None:

@@ -331,15 +331,31 @@ def counter_read(value: int, start: float, end: float, key: str = "c") -> Op:
 def test_counter_reads_between_acknowledged_and_attempted_increments_are_valid() -> None:
     history = [inc(1, 0, 1), inc(1, 2, 3), inc(5, 2, 6, "info"), counter_read(2, 4, 5), counter_read(7, 4, 7)]
     result = check_counter(history, {"c": 7})
-    assert result["valid"] and result["reads"] == 3
-    assert result["acknowledged"] == {"c": 2} and result["attempted"] == {"c": 7}
+    assert result["valid"] and result["reads"] == 3 and result["stale_reads"] == 0
+    assert (result["acknowledged"], result["indeterminate"], result["attempted"]) == (2, 1, 3)
+    assert result["acknowledged_sum"] == {"c": 2} and result["attempted_sum"] == {"c": 7}
 
 
-def test_a_counter_read_below_what_was_acknowledged_or_above_what_was_attempted_is_flagged() -> None:
-    history = [inc(1, 0, 1), inc(1, 2, 3), inc(5, 2, 6, "fail"), counter_read(1, 4, 5), counter_read(3, 4, 5)]
+def test_a_counter_read_above_what_was_attempted_counted_something_twice_and_is_flagged() -> None:
+    history = [inc(1, 0, 1), inc(1, 2, 3), inc(5, 2, 6, "fail"), counter_read(3, 4, 5)]
     result = check_counter(history, {"c": 7})
-    assert not result["valid"]
-    assert [(e["value"], e["lower"], e["upper"]) for e in result["errors"]] == [(1, 2, 2), (3, 2, 2), (7, 2, 2)]
+    assert not result["valid"] and result["unexpected"] == 2
+    assert [(e["kind"], e["value"], e["lower"], e["upper"]) for e in result["errors"]] == [
+        ("read", 3, 2, 2), ("final-read", 7, 2, 2)]
+
+
+def test_a_final_counter_read_below_the_acknowledged_sum_lost_increments() -> None:
+    result = check_counter([inc(1, 0, 1), inc(4, 2, 3), inc(2, 2, 3, "info")], {"c": 3})
+    assert not result["valid"] and result["lost"] == 1 and result["errors"][0]["lower"] == 5
+    assert check_counter([inc(1, 0, 1), inc(4, 2, 3)], {"c": None})["unread_keys"] == ["c"]
+
+
+def test_a_read_during_the_run_that_missed_acknowledged_increments_is_stale_or_in_strict_mode_an_error() -> None:
+    history = [inc(1, 0, 1), inc(1, 2, 3), counter_read(1, 4, 5)]
+    relaxed = check_counter(history, {"c": 2})
+    assert relaxed["valid"] and relaxed["stale_reads"] == 1 and relaxed["stale_read_times"] == [4]
+    strict = check_counter(history, {"c": 2}, strict=True)
+    assert not strict["valid"] and strict["errors"][0]["value"] == 1 and strict["lost"] == 0
 
 
 def test_a_concurrent_increment_may_or_may_not_be_counted_and_decrements_lower_the_bound() -> None:
