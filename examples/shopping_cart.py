@@ -69,6 +69,7 @@ def main() -> None:
         run_workers(SiblingShopper, count=4, data_dir=data_dir, params={"carts": 3}, nodes=majority)
         run_workers(SetShopper, count=4, data_dir=data_dir, params={"carts": 3}, nodes=majority)
         cluster.heal()
+        cluster.wait_until_converged(cluster.nodes)   # every node sees every other again
         expected = {f"w{w}-item{i}" for w in range(4) for i in range(ITEMS)}
 
         merged: set[str] = set()

@@ -40,3 +40,15 @@ def test_a_worker_that_raises_is_reported_with_its_traceback(shared_cluster: Loc
 
     with pytest.raises(WorkerFailed, match="RuntimeError: worker 0 broke"):
         run_workers(Broken, count=1, data_dir=shared_cluster.data_dir)
+
+
+def test_the_shopping_cart_example_loses_no_item() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "examples" / "shopping_cart.py")], cwd=root,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(", 0 lost") == 2, done.stdout
