@@ -127,7 +127,8 @@ def run_chaos(nodes: int = 5, nemesis: str | Iterable[str] = ("partition", "kill
                 load.stop()
         stopped_at = history.now()
         say(f"{history.now():7.1f}s  waiting for every replica to converge (at most {convergence_timeout:g} s)")
-        convergence = await_convergence(cluster, load.keys, timeout=convergence_timeout)
+        convergence = await_convergence(cluster, load.keys, timeout=convergence_timeout,
+                                        progress=lambda line: say("  waiting " + line.strip()))
         convergence_s = round(stopped_at - healed_at + convergence["waited_s"], 2) \
             if convergence["converged"] else None
         say(f"{history.now():7.1f}s  " + (f"converged {convergence_s} s after the final heal"
@@ -210,13 +211,15 @@ def primaries_of(cluster: LocalCluster, keys: Iterable[str]) -> dict[str, list[s
 
 
 def await_convergence(cluster: LocalCluster, keys: Iterable[str], timeout: float = 60.0,
-                      poll: float = 0.1) -> dict[str, Any]:
+                      poll: float = 0.1, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Poll ``inspect`` on every key's primaries until they hold identical data, or ``timeout``.
 
-    Returns ``check_convergence``'s verdict plus ``waited_s`` and ``polls``.
+    Returns ``check_convergence``'s verdict plus ``waited_s`` and ``polls``; ``progress``
+    hears which keys still differ, about once a second.
     """
     keys = list(keys)
     started = time.monotonic()
+    next_report = started + 1.0
     polls = 0
     verdict: dict[str, Any] = {"converged": False}
     while True:
@@ -236,7 +239,19 @@ def await_convergence(cluster: LocalCluster, keys: Iterable[str], timeout: float
         waited = time.monotonic() - started
         if verdict["converged"] or waited >= timeout:
             return {**verdict, "waited_s": round(waited, 2), "polls": polls}
+        if progress is not None and time.monotonic() >= next_report:
+            next_report += 1.0
+            differ = verdict.get("divergent_keys") or {}
+            progress(f"{waited:7.1f}s  still differing: " + ("; ".join(
+                f"{key} on {', '.join(f'{node}={_short(state)}' for node, state in states.items())}"
+                for key, states in differ.items()) or verdict.get("error", "?")))
         time.sleep(poll)
+
+
+def _short(state: Any) -> str:
+    if isinstance(state, dict):
+        return f"{state['values']}v/{state['digest'][:4]}" + ("/tomb" if state["tombstone"] else "")
+    return str(state)
 
 
 # --- presenting a verdict --------------------------------------------------------------------

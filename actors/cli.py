@@ -95,15 +95,15 @@ def cluster_up(nodes: int, n_val: int, r_val: str, w_val: str, port: int, refres
                          base_port=port)
     signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"starting {nodes} nodes (n={n_val}, r={r_val}, w={w_val}) with data in {os.path.abspath(data_dir)}")
-    with local:
-        for name, (host, p) in local.addresses.items():
-            click.echo(f"  {name} listening on {host}:{p}")
-        click.echo("cluster up; Ctrl-C stops it. In another shell: leaderless put KEY VALUE / get KEY / "
-                   "cluster status")
-        try:
+    try:
+        with local:
+            for name, (host, p) in local.addresses.items():
+                click.echo(f"  {name} listening on {host}:{p}")
+            click.echo("cluster up; Ctrl-C stops it. In another shell: leaderless put KEY VALUE / get KEY / "
+                       "cluster status")
             _watch(local, refresh)
-        except KeyboardInterrupt:
-            click.echo("stopping...")
+    except KeyboardInterrupt:          # Ctrl-C while starting or watching: every node is stopped either way
+        click.echo("stopping...")
     click.echo("cluster stopped")
 
 

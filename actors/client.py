@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 2.0
 RETRY_BACKOFF = 0.05    # seconds before the first retry of an idempotent operation; doubles each time
 REPLY_MARGIN = 2.0      # seconds a blocking call waits beyond the server-side request timeout
+DEFAULT_WAIT = 30.0     # seconds a blocking call waits when the node's own default timeout applies
 
 
 class Future(pykka.ThreadingFuture):
@@ -304,8 +305,10 @@ class Client:
     # --- plumbing --------------------------------------------------------------------------
 
     def _wait(self, future: Future, timeout: float | None) -> Any:
-        limit = (timeout or self.timeout or 3.0) + REPLY_MARGIN
-        return future.get(timeout=limit)
+        """Wait for a reply: the request's timeout (which the node enforces) plus a margin, or, when
+        the node's default applies, long enough for any sane default."""
+        limit = timeout or self.timeout
+        return future.get(timeout=limit + REPLY_MARGIN if limit else DEFAULT_WAIT)
 
     def _send(self, make: Any, *args: Any) -> Future:
         names = list(self.addresses)
