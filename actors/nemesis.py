@@ -226,7 +226,7 @@ class Nemesis:
             if self._stop.wait(max(0.0, fault_at - time.monotonic())):
                 return
             fault = next(self._schedule)
-            record = {"fault": fault.to_json(), "started": self.history.now(), "ended": None}
+            record = {"fault": fault.to_json(), "started": round(self.history.now(), 3), "ended": None}
             self.applied.append(record)
             self.active = fault
             self._act("start", fault, self._apply)
@@ -234,7 +234,7 @@ class Nemesis:
                 return                                # the final heal ends it
             self._act("stop", fault, self._heal)
             self.active = None
-            record["ended"] = self.history.now()
+            record["ended"] = round(self.history.now(), 3)
 
     def _act(self, action: str, fault: Fault, do: Callable[[Fault], None]) -> None:
         handle = self.history.invoke("nemesis", "nemesis", None, {"action": action, **fault.to_json()})
@@ -353,7 +353,7 @@ class Nemesis:
         self.errors += failures
         self.history.complete(handle, "fail" if failures else "ok", "; ".join(failures) or None)
         if self.applied and self.applied[-1]["ended"] is None:
-            self.applied[-1]["ended"] = self.history.now()
+            self.applied[-1]["ended"] = round(self.history.now(), 3)
         return self.history.now()
 
 

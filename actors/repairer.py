@@ -55,7 +55,7 @@ class RepairSettings:
     aae_max_keys: int = 1000
     tombstone_grace: float = 4 * 3600.0
     reap_interval: float = 5.0
-    job_timeout: float = 10.0
+    job_timeout: float = 3.0           # a round waiting on a dead or cut-off peer gives up this soon
 
 
 @dataclass
