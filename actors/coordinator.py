@@ -32,7 +32,7 @@ from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, SessionViola
                      VersionMismatch)
 from .membership import Membership
 from .messages import (Ack, Batch, BucketProps, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult,
-                       Refused, Reply, ReplicaGet, ReplicaGetReply, ReplicaPut, Tick, Unreachable, Value)
+                       Refused, Reply, ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, Tick, Unreachable, Value)
 from .quorum import ReadTally, WriteTally, resolve
 from .stats import Stats
 
@@ -71,6 +71,8 @@ class PutRequest:
     obj: Obj | None = None
     op: str = "put"
     tried: list[str] = field(default_factory=list)
+    nacked: set[str] = field(default_factory=set)
+    n: int = 3
     kind: str = "siblings"
     crdt_op: tuple | None = None
     op_id: str | None = None
@@ -275,7 +277,8 @@ class CoordinatorActor(pykka.ThreadingActor):
         req_id = next(self._ids)
         now = self.clock()
         request = PutRequest(client_req_id, reply_to, key, targets, tally, now + timeout, coordinating,
-                             now, value, context, op=op, kind=kind, crdt_op=crdt_op, op_id=op_id, condition=condition)
+                             now, value, context, op=op, kind=kind, crdt_op=crdt_op, op_id=op_id, condition=condition,
+                             n=props.n)
         self.requests[req_id] = request
         self._timer(request.deadline, req_id, "deadline")
         self._coordinate(req_id, request, coordinating, now)
@@ -306,7 +309,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         untried = [node for node, _ in request.targets if node not in request.tried]
         if not untried or request.tally.hopeless:
             self._fail_put(request)
-            del self.requests[req_id]
+            self._finish_put(req_id, request)
             return
         self._coordinate(req_id, request, untried[0], now)
 
@@ -343,6 +346,8 @@ class CoordinatorActor(pykka.ThreadingActor):
             request.tally.add_ack(message.node)
         else:
             request.tally.add_failure(message.node, message.error)
+            if message.error is not None:
+                request.nacked.add(message.node)
         if request.state == "answered":
             self.stats.incr("put.late_acks")
         elif request.tally.enough and request.obj is not None:
@@ -351,10 +356,24 @@ class CoordinatorActor(pykka.ThreadingActor):
                         f"{request.op}.ok")
         elif request.tally.hopeless:
             self._fail_put(request)
-            del self.requests[req_id]
+            self._finish_put(req_id, request)
             return
         if request.tally.final:
-            del self.requests[req_id]
+            self._finish_put(req_id, request)
+
+    def _finish_put(self, req_id: int, request: PutRequest) -> None:
+        """The put leaves the table. Primaries that never acknowledged a built object (down with no
+        fallback, cut off, or their ack lost) get a hint kept here, as Cassandra's coordinator does;
+        a fallback that acknowledged already holds the hint for the primary it stood in for."""
+        self.requests.pop(req_id, None)
+        if request.obj is None:
+            return
+        acked = set(request.tally.acked)
+        covered = acked | {hint for node, hint in request.targets if hint is not None and node in acked}
+        missing = [p for p in self.membership.primaries(request.key, request.n)
+                   if p not in covered and p not in request.nacked and p != self.name]
+        if missing:
+            self.send(self.name, StoreHint([(p, request.key, request.obj) for p in missing]))
 
     def _fail_put(self, request: PutRequest) -> None:
         """Answer a put that cannot reach W: ``StorageFull`` if a replica refused for lack of space
@@ -449,6 +468,7 @@ class CoordinatorActor(pykka.ThreadingActor):
                 if isinstance(request, PutRequest):
                     if request.state != "answered":
                         self._fail_put(request)
+                    self._finish_put(req_id, request)
                 elif request.state == "waiting_answers":
                     self._fail_get(request)
                 else:

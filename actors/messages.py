@@ -317,6 +317,11 @@ class Drop(NamedTuple):
     reason: str
 
 
+class StoreHint(NamedTuple):
+    """Coordinator -> its own replica: keep hints for replicas that missed a write ``(target, key, obj)``."""
+    items: list[tuple[str, str, Any]]
+
+
 class DeleteHints(NamedTuple):
     """Remove delivered (or expired) hints."""
     hint_ids: list[bytes]

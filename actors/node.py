@@ -32,7 +32,7 @@ from .membership import Membership
 from .messages import (Ack, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
                        ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip, InspectRequest,
                        PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
-                       ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, Tick, TreeReply,
+                       ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, StoreHint, Tick, TreeReply,
                        TreeRequest, Unreachable)
 from .repairer import RepairerActor, RepairSettings
 from .replica import ReplicaActor
@@ -43,7 +43,8 @@ from .transport import Connection, Transport
 log = logging.getLogger(__name__)
 
 TICK = 0.05
-_REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates)
+_REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates,
+            StoreHint)
 _COORDINATOR = (Ack, Built, ReplicaGetReply, Refused)
 _REPAIRER = (BatchAck, GetManyReply, TreeReply, ReapCandidatesReply)
 

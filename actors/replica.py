@@ -38,7 +38,7 @@ from .errors import InvalidRequest, LeaderlessError, StorageFull, VersionMismatc
 from .membership import Membership
 from .messages import (Ack, Batch, BatchAck, Built, CoordinatePut, DeleteHints, Drop, Flush, GetMany, GetManyReply,
                        InspectRequest, LocalObject, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
-                       ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest)
+                       ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, TreeReply, TreeRequest)
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,10 @@ class ReplicaActor(pykka.ThreadingActor):
             self._drop(message)
         elif isinstance(message, DeleteHints):
             self.store.delete_hints(message.hint_ids)
+        elif isinstance(message, StoreHint):
+            self._pending_hints.extend(message.items)
+            self.stats.incr("hints.for_missed_acks", len(message.items))
+            self._tell_flush()
         elif isinstance(message, ReapCandidates):
             message_reply = ReapCandidatesReply(message.req_id, self._reap_candidates(message.grace))
             self.send(self.name, message_reply)

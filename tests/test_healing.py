@@ -214,3 +214,23 @@ def test_a_sixth_node_takes_a_sixth_of_the_replicas_and_a_decommissioned_node_lo
         futures = {key: client.get_async(key, r=3) for key in keys + writer.written}
         missing = [key for key, f in futures.items() if not f.get(timeout=60).values]
     assert not missing, f"{len(missing)} keys lost, e.g. {missing[:5]}"
+
+
+def test_a_replica_that_missed_writes_with_no_fallback_gets_them_from_the_coordinators_hints(make_cluster) -> None:
+    # 3 nodes, N=3: no node can stand in for n3, so only the coordinator's hints (not anti-entropy,
+    # switched off here, and no reads) can bring n3 the writes it missed.
+    cluster = make_cluster(nodes=3, aae_interval=3600.0, hint_interval=0.1)
+    cluster.isolate("n3")
+    client = cluster.client(nodes=["n1", "n2"])
+    early = [f"early{i}" for i in range(5)]              # before n3 is seen down: its acks never come
+    for key in early:
+        client.put(key, b"x", w=2)
+    wait_for(lambda: all(cluster.status()[n]["members"]["n3"] == "down" for n in ("n1", "n2")), 10, "n3 down")
+    late = [f"late{i}" for i in range(20)]               # n3 not even asked
+    for key in late:
+        client.put(key, b"y", w=2)
+    wait_for(lambda: totals(cluster, "hints_pending") >= len(early) + len(late), 15, "hints kept")
+    cluster.heal()
+    wait_for(lambda: all(cluster.inspect("n3", key) is not None for key in early + late), 30, "n3 caught up")
+    wait_for(lambda: totals(cluster, "hints_pending") == 0, 30, "hints delivered")
+    assert totals(cluster, "aae_keys_repaired") == 0
