@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -268,12 +268,20 @@ class LocalCluster:
         groups = [list(g) for g in groups]
         named = [node for g in groups for node in g]
         self._check(named)
+        self.block({node: [n for n in named if n not in group] for group in groups for node in group})
+
+    def block(self, blocked: Mapping[str, Iterable[str]]) -> None:
+        """Set which peers each node cannot reach (both ways), for shapes groups cannot express
+        (a majorities ring); nodes not named reach everybody."""
+        self._check(list(blocked) + [peer for peers in blocked.values() for peer in peers])
         for node in self.nodes:
-            self._faults.setdefault(node, {})["blocked"] = []
-        for group in groups:
-            for node in group:
-                self._faults[node]["blocked"] = sorted(n for n in named if n not in group)
+            self._faults.setdefault(node, {})["blocked"] = sorted(blocked.get(node, ()))
         self._push_faults()
+
+    def faults(self, name: str) -> dict[str, Any]:
+        """The faults in force on ``name`` (``SetFaults`` fields)."""
+        self._check([name])
+        return dict(self._faults.get(name, {}))
 
     def isolate(self, name: str) -> None:
         """Cut one node off from every other."""

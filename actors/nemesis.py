@@ -28,7 +28,7 @@ is recorded in the history as a ``nemesis`` op.
 
 The ring cannot be written as ``cluster.partition`` groups (a group is a clique that
 blocks everybody else named, and a node can be in only one group), so it sets each
-node's blocked peers through the admin client, keeping ``cluster._faults`` (what
+node's blocked peers with ``cluster.block``, keeping the cluster's record of faults (what
 ``heal``, ``restart`` and ``wait_until_converged`` read) consistent with what was sent.
 """
 
@@ -294,13 +294,8 @@ class Nemesis:
                 self._skewed.discard(node)
 
     def _block(self, blocked: dict[str, tuple[str, ...]]) -> None:
-        """Set every node's blocked peers (what ``partition`` groups cannot say), in ``_faults`` too."""
-        cluster = self.cluster
-        for node in cluster.nodes:
-            cluster._faults.setdefault(node, {})["blocked"] = sorted(blocked.get(node, ()))
-        for node in cluster.nodes:
-            if cluster.is_running(node):
-                cluster._admin().set_faults(node, **cluster._faults[node])
+        """Set every node's blocked peers (what ``partition`` groups cannot say)."""
+        self.cluster.block(blocked)
 
     def _restart_killed(self) -> None:
         for node in sorted(self._killed):
@@ -326,7 +321,7 @@ class Nemesis:
 
         def unskew() -> None:
             for node in cluster.nodes:
-                if node in self._skewed or cluster._faults.get(node, {}).get("clock_skew"):
+                if node in self._skewed or cluster.faults(node).get("clock_skew"):
                     cluster.skew_clock(node, 0.0)
             self._skewed.clear()
 
