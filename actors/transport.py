@@ -37,6 +37,8 @@ RECV_SIZE = 1 << 18
 MAX_SEND = 4 << 20
 CONNECT_TIMEOUT = 1.0
 RECONNECT_BACKOFF = 0.2
+CONNECT_ATTEMPTS = 3
+CONNECT_RETRY_PAUSE = 0.05
 _STOP = object()
 
 
@@ -167,6 +169,21 @@ class PeerLink:
         """The peer just talked to us: a failed connect is worth retrying at once."""
         self._retry_at = 0.0
 
+    def _connect_retrying(self) -> socket.socket | None:
+        """Connect, trying a few times a few tens of ms apart: a peer that is just starting (or
+        restarting) listens a moment later, and messages dropped then would fail whole requests.
+        After that, ``RECONNECT_BACKOFF`` applies: messages to a dead peer are dropped at once."""
+        if time.monotonic() < self._retry_at:
+            return None
+        for attempt in range(CONNECT_ATTEMPTS):
+            if attempt:
+                time.sleep(CONNECT_RETRY_PAUSE)
+                self._retry_at = 0.0
+            sock = self._connect()
+            if sock is not None:
+                return sock
+        return None
+
     def _connect(self) -> socket.socket | None:
         now = time.monotonic()
         if now < self._retry_at:
@@ -210,7 +227,7 @@ class PeerLink:
                 self._sock.close()
                 self._sock = None
             if self._sock is None:
-                self._sock = self._connect()
+                self._sock = self._connect_retrying()
             sent = False
             if self._sock is not None:
                 try:
