@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pykka
 
 from storage import crdts, objects
 from storage.objects import Obj
@@ -30,7 +29,9 @@ from storage.store import MAX_KEY_BYTES as STORE_MAX_KEY_BYTES
 
 from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, SessionViolation, StorageFull, UnknownBucket,
                      VersionMismatch)
+from .mailbox import Actor
 from .membership import Membership
+from .outbox import Outbox, SendBatch
 from .messages import (Ack, Batch, BucketProps, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult,
                        Refused, Reply, ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, Tick, Unreachable, Value)
 from .quorum import ReadTally, WriteTally, resolve
@@ -160,17 +161,17 @@ def validate_timeout(timeout: Any, default: float) -> float:
     return float(timeout)
 
 
-class CoordinatorActor(pykka.ThreadingActor):
+class CoordinatorActor(Actor):
     """Runs every quorum request this node coordinates."""
 
     def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
                  clock: Callable[[], float] = time.monotonic,
-                 send_many: Callable[[list[str], Any], None] | None = None) -> None:
+                 send_batch: SendBatch | None = None) -> None:
         super().__init__()
         self.name = name
         self.membership = membership
-        self.send = send
-        self.send_many = send_many or (lambda dests, message: [send(dest, message) for dest in dests])
+        self._outbox = Outbox(send, send_batch)
+        self.send = self._outbox.send           # sent when the batch at hand is done
         self.settings = settings
         self.stats = stats
         self.clock = clock
@@ -180,11 +181,18 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._timer_seq = itertools.count()
 
     def on_receive(self, message: Any) -> None:
-        for item in message.messages if isinstance(message, Batch) else (message,):
+        items = message.messages if isinstance(message, Batch) else (message,)
+        self.stats.incr("coordinator.batches")
+        self.stats.incr("coordinator.messages", len(items))
+        for item in items:
             try:
                 self._handle(item)
             except Exception:  # one bad message must not stop the coordinator
                 log.exception("coordinator %s failed on %s", self.name, type(item).__name__)
+        self._outbox.flush_unless_busy(self.actor_inbox)
+
+    def on_stop(self) -> None:
+        self._outbox.flush()
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, (Ack, Built, ReplicaGetReply, Unreachable, Refused)):
@@ -334,11 +342,8 @@ class CoordinatorActor(pykka.ThreadingActor):
             return
         request.obj = message.obj
         request.state = "waiting_acks"
-        plain = [node for node, hint in request.targets if node != request.coordinating and hint is None]
-        if plain:
-            self.send_many(plain, ReplicaPut(req_id, self.name, request.key, message.obj, None))
         for node, hint in request.targets:
-            if node != request.coordinating and hint is not None:
+            if node != request.coordinating:
                 self.send(node, ReplicaPut(req_id, self.name, request.key, message.obj, hint))
 
     def _on_ack(self, req_id: int, request: PutRequest, message: Ack) -> None:
@@ -496,7 +501,7 @@ class CoordinatorActor(pykka.ThreadingActor):
     def _reply(self, reply_to: Any, client_req_id: int, ok: bool, result: Any, outcome: str) -> None:
         self.stats.incr(outcome)
         if reply_to is not None:
-            reply_to.send(Reply(client_req_id, ok, result))
+            self._outbox.reply(reply_to, Reply(client_req_id, ok, result))
 
 
 __all__ = ["CoordinatorActor", "Settings"]

@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pykka
 
 from storage.hlc import HybridClock, Timestamp
 
 from .errors import InvalidRequest, UnknownBucket
+from .mailbox import Actor
 from .membership import DOWN, LEAVING, LEFT, UP, Membership
 from .messages import (Batch, BucketCreate, BucketInfo, BucketProps, Gossip, HandoffComplete, Reply, RingChange,
                        Tick)
@@ -41,7 +41,7 @@ BUCKET_TYPES = ("siblings", "lww", "counter", "set", "map", "register", "flag")
 Endpoint = tuple[int, int, str, str, int]      # incarnation, heartbeat, status, host, port
 
 
-class GossiperActor(pykka.ThreadingActor):
+class GossiperActor(Actor):
     """Keeps ``membership`` (states and ring) current by gossip."""
 
     def __init__(self, name: str, incarnation: int, address: tuple[str, int], membership: Membership,

@@ -84,10 +84,11 @@ class Node:
             phi_threshold=config.phi_threshold, persist_buckets=self._persist_buckets,
             buckets=json.loads(saved_buckets) if saved_buckets else None, hlc=self.hlc,
             defaults=(config.n, config.r, config.w), heard_from=self.transport.heard_from)
-        self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership, hlc=self.hlc)
+        self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership, hlc=self.hlc,
+                                          send_batch=self.transport.send_batch)
         settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout)
         self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
-                                                  send_many=self.transport.send_many)
+                                                  send_batch=self.transport.send_batch)
         self.repairer = RepairerActor.start(
             self.name, self.store, self.membership, send, self.gossiper, self.stats,
             RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,

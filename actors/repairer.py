@@ -35,6 +35,7 @@ import pykka
 from storage import merkle, objects
 from storage.store import Store
 
+from .mailbox import Actor
 from .membership import LEAVING, Membership
 from .messages import (Batch, BatchAck, DeleteHints, Drop, GetMany, GetManyReply, HandoffComplete, PutMany,
                        ReapCandidates, ReapCandidatesReply, Tick, TreeReply, TreeRequest)
@@ -68,7 +69,7 @@ class Job:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-class RepairerActor(pykka.ThreadingActor):
+class RepairerActor(Actor):
     """Runs the repair jobs of one node."""
 
     def __init__(self, name: str, store: Store, membership: Membership, send: Callable[[str, Any], None],

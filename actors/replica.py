@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pykka
 
 from storage import crdts, objects, versions
 from storage.crdts import Crdt
@@ -35,7 +34,9 @@ from storage.store import Store, StoreFull
 from storage.versions import DVVSet
 
 from .errors import InvalidRequest, LeaderlessError, StorageFull, VersionMismatch
+from .mailbox import Actor
 from .membership import Membership
+from .outbox import Outbox, SendBatch
 from .messages import (Ack, Batch, BatchAck, Built, CoordinatePut, DeleteHints, Drop, Flush, GetMany, GetManyReply,
                        InspectRequest, LocalObject, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, TreeReply, TreeRequest)
@@ -44,6 +45,7 @@ from .stats import Stats
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]
+_KEYED = (ReplicaPut, CoordinatePut, ReplicaGet)
 
 
 def new_actor_id(name: str) -> str:
@@ -104,17 +106,19 @@ def _apply(current: Obj | None, type_: str, op: tuple, actor_id: str, op_id: str
         raise InvalidRequest(str(exc)) from exc
 
 
-class ReplicaActor(pykka.ThreadingActor):
+class ReplicaActor(Actor):
     """Applies writes durably, answers reads, keeps the hash tree."""
 
     def __init__(self, name: str, store: Store, send: Send, stats: Stats, membership: Membership,
-                 clock: Callable[[], float] = time.monotonic, hlc: HybridClock | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, hlc: HybridClock | None = None,
+                 send_batch: SendBatch | None = None) -> None:
         super().__init__()
         self.name = name
         self.hlc = hlc or HybridClock(name)
         self.actor_id = new_actor_id(name)
         self.store = store
-        self.send = send
+        self._outbox = Outbox(send, send_batch)
+        self.send = self._outbox.send           # sent when the batch at hand is done
         self.stats = stats
         self.membership = membership
         self.clock = clock
@@ -124,6 +128,7 @@ class ReplicaActor(pykka.ThreadingActor):
         self._pending_hints: list[tuple[str, str, Obj]] = []
         self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
+        self._durable: dict[str, Obj | None] = {}   # store reads prefetched for the batch at hand
 
     def on_start(self) -> None:
         """Rebuild the hash tree (and the tombstone list) from the store."""
@@ -140,11 +145,31 @@ class ReplicaActor(pykka.ThreadingActor):
     # --- dispatch ----------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> None:
-        for item in message.messages if isinstance(message, Batch) else (message,):
+        items = message.messages if isinstance(message, Batch) else (message,)
+        self.stats.incr("replica.batches")
+        self.stats.incr("replica.messages", len(items))
+        if len(items) > 1:
+            self._prefetch(items)
+        for item in items:
             try:
                 self._handle(item)
             except Exception:  # one bad message must not stop the replica
                 log.exception("replica %s failed on %s", self.name, type(item).__name__)
+        self._durable = {}
+        self._outbox.flush_unless_busy(self.actor_inbox)
+
+    def _prefetch(self, items: Any) -> None:
+        """Read the stored objects a batch of puts and gets needs in one store transaction."""
+        pending = self._pending
+        keys = {m.key for m in items if type(m) in _KEYED and m.key not in pending}
+        if len(keys) > 1:
+            try:
+                self._durable = self.store.get_many(keys)
+            except Exception:  # a bad key fails its own message below, not the whole batch
+                log.debug("replica %s: batch read failed; reading key by key", self.name, exc_info=True)
+
+    def on_stop(self) -> None:
+        self._outbox.flush()
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, ReplicaPut):
@@ -183,7 +208,10 @@ class ReplicaActor(pykka.ThreadingActor):
 
     def _current(self, key: str) -> Obj | None:
         obj = self._pending.get(key)
-        return obj if obj is not None else self.store.get(key)
+        if obj is not None:
+            return obj
+        durable = self._durable
+        return durable[key] if key in durable else self.store.get(key)
 
     def _coordinate_put(self, message: CoordinatePut) -> None:
         try:
@@ -237,6 +265,7 @@ class ReplicaActor(pykka.ThreadingActor):
 
     def _flush(self) -> None:
         self._flush_told = False
+        self._durable = {}                        # the commit below changes what is stored
         objects, hints, acks = self._pending, self._pending_hints, self._acks
         self._pending, self._pending_hints, self._acks = {}, [], []
         if objects or hints:
@@ -300,6 +329,7 @@ class ReplicaActor(pykka.ThreadingActor):
                   if (current := self.store.get(key)) is not None and objects.equal(current, obj)]
         if not doomed:
             return
+        self._durable = {}
         self.store.apply(deletes=doomed)
         partition_of = self.membership.ring.partition_of
         for key in doomed:

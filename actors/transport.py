@@ -22,12 +22,12 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .errors import AuthenticationFailed, ProtocolError
 from .messages import Hello
-from .wire import FrameReader, client_handshake, encode, server_handshake
+from .wire import FrameReader, client_handshake, encode, encode_many, server_handshake
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ class Connection:
     def send(self, message: Any) -> None:
         if not self._closed.is_set():
             self._queue.put(encode(message))
+
+    def send_many(self, messages: list[Any]) -> None:
+        """Several messages in one frame."""
+        if messages and not self._closed.is_set():
+            self._queue.put(encode_many(messages))
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -158,8 +163,9 @@ class PeerLink:
         self._thread = threading.Thread(target=self._loop, name=f"link-{me}-{peer}", daemon=True)
         self._thread.start()
 
-    def send(self, data: bytes, message: Any = None) -> None:
-        self._queue.put((data, message))
+    def send(self, data: bytes, messages: list[Any]) -> None:
+        """Queue one encoded frame; ``messages`` are what it holds (for ``on_drop``)."""
+        self._queue.put((data, messages))
 
     def stop(self) -> None:
         self._queue.put(_STOP)
@@ -168,6 +174,23 @@ class PeerLink:
     def peer_alive(self) -> None:
         """The peer just talked to us: a failed connect is worth retrying at once."""
         self._retry_at = 0.0
+
+    def _write(self, data: bytes) -> bool:
+        """Write to the peer, (re)connecting first if needed; False if it could not be handed over."""
+        if self._sock is not None and self._sock is self._broken:
+            self._sock.close()
+            self._sock = None
+        if self._sock is None:
+            self._sock = self._connect_retrying()
+        if self._sock is None:
+            return False
+        try:
+            self._sock.sendall(data)
+            return True
+        except OSError:
+            self._sock.close()
+            self._sock = None
+            return False
 
     def _connect_retrying(self) -> socket.socket | None:
         """Connect, trying a few times a few tens of ms apart: a peer that is just starting (or
@@ -223,23 +246,11 @@ class PeerLink:
             if item is _STOP:
                 break
             items, stop = _drain(self._queue, item, _data_size)
-            if self._sock is not None and self._sock is self._broken:
-                self._sock.close()
-                self._sock = None
-            if self._sock is None:
-                self._sock = self._connect_retrying()
-            sent = False
-            if self._sock is not None:
-                try:
-                    self._sock.sendall(b"".join(data for data, _ in items))
-                    sent = True
-                except OSError:
-                    self._sock.close()
-                    self._sock = None
+            sent = self._write(b"".join(data for data, _ in items))
             if not sent:
                 self.dropped += len(items)
                 if self._on_drop is not None:
-                    self._on_drop(self.peer, [message for _, message in items])
+                    self._on_drop(self.peer, [message for _, messages in items for message in messages])
             if stop:
                 break
         if self._sock is not None:
@@ -381,7 +392,7 @@ class Transport:
     def send(self, dest: str, message: Any, data: bytes | None = None) -> None:
         """Send to a peer (or to this node itself, delivered locally). Never blocks.
 
-        ``data`` is the message already encoded (``send_many`` encodes once for many peers).
+        ``data`` is the message already encoded.
         """
         if dest == self.name:
             self._deliver([message], None)
@@ -400,22 +411,31 @@ class Transport:
             hold = self._delay + (self._rng.uniform(0, self._reorder) if self._reorder else 0.0)
             if hold:
                 assert self._delay_line is not None
-                self._delay_line.call_at(time.monotonic() + hold, lambda: self._send_now(dest, data, message))
+                self._delay_line.call_at(time.monotonic() + hold, lambda: self._send_now(dest, data, [message]))
             else:
-                self._send_now(dest, data, message)
+                self._send_now(dest, data, [message])
 
-    def _send_now(self, dest: str, data: bytes, message: Any) -> None:
+    def _send_now(self, dest: str, data: bytes, messages: list[Any]) -> None:
         link = self._link(dest)
         if link is not None:
-            link.send(data, message)
+            link.send(data, messages)
 
-    def send_many(self, dests: Iterable[str], message: Any) -> None:
-        """Send one message to several nodes, encoding it once."""
-        data: bytes | None = None
-        for dest in dests:
-            if dest != self.name and data is None:
-                data = encode(message)
-            self.send(dest, message, data)
+    def send_batch(self, dest: str, messages: list[Any]) -> None:
+        """Send several messages to one node in one frame (to this node itself: one delivery).
+
+        With a message-level fault armed (loss, duplication, reordering, delay) each message
+        goes on its own, so the fault hits messages, not whole batches.
+        """
+        if dest == self.name:
+            self._deliver(messages, None)
+            return
+        if dest in self._blocked:
+            return
+        if len(messages) == 1 or self._loss or self._duplicate or self._reorder or self._delay:
+            for message in messages:
+                self.send(dest, message)
+            return
+        self._send_now(dest, encode_many(messages), messages)
 
     def _link(self, dest: str) -> PeerLink | None:
         link = self._links.get(dest)

@@ -8,7 +8,8 @@ single byte is unpickled:
     server -> client   b"\\x01" + HMAC(secret, b"s" + client_nonce + server_nonce)   (accepted)
                        b"\\x00" and close                                           (refused)
 
-Then frames: a 4-byte big-endian length and a pickle (protocol 5) of one message.
+Then frames: a 4-byte big-endian length and a pickle (protocol 5) of one message, or of a
+list of messages (``encode_many``: what one actor sends one peer while handling one batch).
 Decoding admits only ``messages.WIRE_TYPES`` and builtins. Frames longer than
 ``MAX_FRAME`` are refused before they are read.
 """
@@ -145,7 +146,8 @@ def _unflat(value: Any) -> Any:
     raise ProtocolError(f"unknown object tag {tag!r}")
 
 
-def _fast_payload(message: Any) -> bytes | None:
+def _fast_tuple(message: Any) -> tuple | None:
+    """The plain-tuple form of a hot message, or None when it travels pickled as it is."""
     entry = _CODE.get(type(message))
     if entry is None:
         return None
@@ -162,30 +164,58 @@ def _fast_payload(message: Any) -> bytes | None:
         return None                               # an unusual value: the general path carries it
     if hasattr(message, "reply_to"):
         fields[-1] = None                         # never sent: the receiver sets it
-    return pickle.dumps((code, *fields), protocol=5)
+    return (code, *fields)
+
+
+def _wire_form(message: Any) -> Any:
+    fast = _fast_tuple(message)
+    return message if fast is None else fast
 
 
 def encode(message: Any) -> bytes:
-    payload = _fast_payload(message)
-    if payload is None:
-        payload = pickle.dumps(message, protocol=5)
+    payload = pickle.dumps(_wire_form(message), protocol=5)
     return HEADER.pack(len(payload)) + payload
 
 
-def decode(payload: bytes) -> Any:
+def encode_many(messages: list[Any]) -> bytes:
+    """Several messages in one frame (a pickled list): one pickling, one decode, one delivery."""
+    if len(messages) == 1:
+        return encode(messages[0])
+    payload = pickle.dumps([_wire_form(message) for message in messages], protocol=5)
+    return HEADER.pack(len(payload)) + payload
+
+
+def _from_wire(message: Any) -> Any:
+    if type(message) is tuple and message and type(message[0]) is int:
+        if not 0 <= message[0] < len(_FAST):
+            raise ProtocolError(f"unknown message code {message[0]}")
+        cls, object_fields = _FAST[message[0]]
+        fields = list(message[1:])
+        for i in object_fields:
+            fields[i] = _unflat(fields[i])
+        return cls(*fields)
+    return message
+
+
+def decode_frame(payload: bytes) -> list[Any]:
+    """The messages of one frame (one, or several sent with ``encode_many``)."""
     try:
-        message = safe_loads(payload, WIRE_TYPES)
-        if type(message) is tuple and message and type(message[0]) is int:
-            cls, object_fields = _FAST[message[0]]
-            fields = list(message[1:])
-            for i in object_fields:
-                fields[i] = _unflat(fields[i])
-            return cls(*fields)
-        return message
+        body = safe_loads(payload, WIRE_TYPES)
+        if type(body) is list:
+            return [_from_wire(message) for message in body]
+        return [_from_wire(body)]
     except ProtocolError:
         raise
     except Exception as exc:  # any unpickling failure is the peer's fault, never ours
         raise ProtocolError(f"undecodable frame: {exc}") from exc
+
+
+def decode(payload: bytes) -> Any:
+    """The message of a one-message frame."""
+    messages = decode_frame(payload)
+    if len(messages) != 1:
+        raise ProtocolError(f"expected one message, the frame holds {len(messages)}")
+    return messages[0]
 
 
 class FrameReader:
@@ -207,7 +237,7 @@ class FrameReader:
                 raise ProtocolError(f"frame of {size} bytes is over the {MAX_FRAME} byte limit")
             if len(buf) - pos - 4 < size:
                 break
-            out.append(decode(bytes(buf[pos + 4:pos + 4 + size])))
+            out.extend(decode_frame(bytes(buf[pos + 4:pos + 4 + size])))
             pos += 4 + size
         if pos:
             del buf[:pos]

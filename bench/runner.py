@@ -335,9 +335,11 @@ def _load_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:
 def start_cluster(config: BenchConfig, data_dir: str) -> Any:
     """A fresh ``LocalCluster`` for ``config`` with the bench bucket created (caller stops it)."""
     from actors import LocalCluster
+    from actors.config import ClusterConfig
 
+    # Gossip at the interval `leaderless cluster up` uses (LocalCluster's test default is 5x faster).
     cluster = LocalCluster(nodes=config.nodes, n=config.n, r=config.r, w=config.w, data_dir=data_dir,
-                           timeout=config.request_timeout or 3.0)
+                           timeout=config.request_timeout or 3.0, gossip_interval=ClusterConfig.gossip_interval)
     cluster.start()
     try:
         if config.bucket_type == "lww":

@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-from actors.errors import AuthenticationFailed, ProtocolError
+from actors.errors import AuthenticationFailed, ProtocolError, StorageFull
 from actors.messages import Ack, ClientPut, Hello, ReplicaPut
-from actors.wire import MAX_FRAME, FrameReader, client_handshake, encode, server_handshake
+from actors.wire import MAX_FRAME, FrameReader, client_handshake, encode, encode_many, server_handshake
 from storage import versions
 
 
@@ -100,3 +100,24 @@ def test_every_fast_path_message_round_trips_exactly() -> None:
     got = FrameReader().feed(stream)
     assert got[:-1] == messages[:-1]
     assert isinstance(got[-1].error, StorageFull) and str(got[-1].error) == "disk full"
+
+
+def test_several_messages_sent_as_one_frame_arrive_in_order_and_intact() -> None:
+    obj = versions.update(None, (), b"v1", "n1.a")
+    sent = [ReplicaPut(1, "n1", "k1", obj, None), Ack(1, "n2", True), ClientPut(7, "k2", b"x"),
+            Ack(2, "n3", False, StorageFull("boom")), Hello("peer", "n2")]
+    frame = encode_many(sent)
+    (size,) = struct.unpack(">I", frame[:4])
+    assert size == len(frame) - 4                          # one frame, not five
+    got = FrameReader().feed(frame)
+    assert [type(m) for m in got] == [type(m) for m in sent]
+    assert got[0] == sent[0] and got[1] == sent[1] and got[4] == sent[4]
+    assert got[2].key == "k2" and got[2].value == b"x"
+    assert isinstance(got[3].error, StorageFull) and str(got[3].error) == "boom"
+
+
+def test_a_frame_with_an_unknown_message_code_is_refused_as_a_protocol_error() -> None:
+    for code in (99, -1):
+        payload = pickle.dumps([(code, 1, "n1")], protocol=5)
+        with pytest.raises(ProtocolError):
+            FrameReader().feed(struct.pack(">I", len(payload)) + payload)

@@ -1,0 +1,70 @@
+"""A replica handed a whole batch at once: reads in it see the batch's own writes and never stale state."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from actors.membership import Membership
+from actors.messages import Batch, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut
+from actors.replica import ReplicaActor
+from actors.ring import Ring
+from actors.stats import Stats
+from storage import objects, versions
+from storage.store import MemoryStore
+
+WAIT = 5.0
+
+
+@pytest.fixture
+def replica() -> Iterator[tuple[Any, MemoryStore, "queue.Queue[tuple[str, Any]]"]]:
+    store = MemoryStore()
+    sent: queue.Queue[tuple[str, Any]] = queue.Queue()
+    ring = Ring(["n1", "n2", "n3"], partitions=8, target_n=3)
+    membership = Membership("n1", ring)
+    membership.publish({node: "up" for node in ring.nodes})
+    ref = ReplicaActor.start("n1", store, lambda dest, message: sent.put((dest, message)), Stats(), membership)
+    try:
+        yield ref, store, sent
+    finally:
+        ref.stop()
+
+
+def answer_to(sent: "queue.Queue[tuple[str, Any]]", req_id: int) -> Any:
+    while True:
+        _, message = sent.get(timeout=WAIT)
+        if isinstance(message, ReplicaGetReply) and message.req_id == req_id:
+            return message.obj
+
+
+def test_a_get_in_the_same_batch_as_a_put_of_its_key_sees_the_put(replica: Any) -> None:
+    ref, store, sent = replica
+    store.apply(objects=[("k", versions.update(None, (), b"old", "n2.x"))])
+    old = store.get("k")
+    ref.tell(Batch([ReplicaGet(1, "co", "k"), ReplicaGet(2, "co", "other"),
+                    CoordinatePut(3, "co", "k", b"new", objects.context(old)), ReplicaGet(4, "co", "k")]))
+    assert versions.values(answer_to(sent, 1)) == [b"old"]
+    assert versions.values(answer_to(sent, 4)) == [b"new"]
+
+
+def test_a_get_after_a_drop_in_the_same_batch_does_not_see_the_dropped_object(replica: Any) -> None:
+    ref, store, sent = replica
+    obj = versions.update(None, (), b"handed off", "n2.x")
+    store.apply(objects=[("k", obj), ("j", obj)])
+    ref.tell(Batch([ReplicaGet(1, "co", "k"), ReplicaGet(2, "co", "j"), Drop([("k", obj)], "handoff"),
+                    ReplicaGet(3, "co", "k")]))
+    assert answer_to(sent, 1) == obj
+    assert answer_to(sent, 3) is None
+    assert store.get("k") is None and store.get("j") == obj
+
+
+def test_a_replica_put_in_a_batch_merges_into_what_is_stored_not_into_nothing(replica: Any) -> None:
+    ref, store, sent = replica
+    first = versions.update(None, (), b"first", "n2.x")
+    store.apply(objects=[("k", first)])
+    concurrent = versions.update(None, (), b"second", "n3.y")
+    ref.tell(Batch([ReplicaPut(1, "co", "k", concurrent, None), ReplicaGet(2, "co", "k"), ReplicaGet(3, "co", "z")]))
+    assert sorted(versions.values(answer_to(sent, 2))) == [b"first", b"second"]
