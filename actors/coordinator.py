@@ -56,7 +56,7 @@ class Settings:
     timeout: float = 3.0
 
 
-@dataclass
+@dataclass(slots=True)
 class PutRequest:
     client_req_id: int
     reply_to: Any
@@ -80,7 +80,7 @@ class PutRequest:
     condition: tuple | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class GetRequest:
     client_req_id: int
     reply_to: Any
@@ -166,9 +166,11 @@ class CoordinatorActor(Actor):
 
     def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
                  clock: Callable[[], float] = time.monotonic,
-                 send_batch: SendBatch | None = None) -> None:
+                 send_batch: SendBatch | None = None,
+                 local_read: Callable[[str], Obj | None] | None = None) -> None:
         super().__init__()
         self.name = name
+        self.local_read = local_read
         self.membership = membership
         self._outbox = Outbox(send, send_batch)
         self.send = self._outbox.send           # sent when the batch at hand is done
@@ -373,6 +375,9 @@ class CoordinatorActor(Actor):
         self.requests.pop(req_id, None)
         if request.obj is None:
             return
+        if len(request.tally.acked) == len(request.targets) == request.n and \
+                all(hint is None for _, hint in request.targets):
+            return                                       # every primary acknowledged: nothing to hint
         acked = set(request.tally.acked)
         covered = acked | {hint for node, hint in request.targets if hint is not None and node in acked}
         missing = [p for p in self.membership.primaries(request.key, request.n)
@@ -413,9 +418,28 @@ class CoordinatorActor(Actor):
         self.requests[req_id] = GetRequest(message.req_id, message.reply_to, key, targets, tally,
                                            self.clock() + timeout, hints=dict(targets), bucket_type=props.type,
                                            min_context=min_context)
-        self._timer(self.requests[req_id].deadline, req_id, "deadline")
-        for node, _ in targets:
-            self.send(node, ReplicaGet(req_id, self.name, key))
+        request = self.requests[req_id]
+        self._timer(request.deadline, req_id, "deadline")
+        self._ask_replicas(req_id, request)
+
+    def _ask_replicas(self, req_id: int, request: GetRequest) -> None:
+        """Ask every target for its object. This node's own replica is read here, from the store,
+        with no message to the replica actor and back (a read-only LMDB transaction is safe from
+        any thread): what it has committed is what it has acknowledged."""
+        local = False
+        for node, _ in request.targets:
+            if node == self.name and self.local_read is not None:
+                local = True
+            else:
+                self.send(node, ReplicaGet(req_id, self.name, request.key))
+        if local:
+            try:
+                obj = self.local_read(request.key)            # type: ignore[misc]
+            except Exception:  # an unreadable record fails this replica's answer, not the read
+                log.exception("coordinator %s: local read of %r failed", self.name, request.key)
+                self._on_unreachable(req_id, request, self.name)
+                return
+            self._on_answer(req_id, request, ReplicaGetReply(req_id, self.name, obj))
 
     def _on_answer(self, req_id: int, request: GetRequest, message: ReplicaGetReply) -> None:
         request.tally.add_answer(message.node, message.obj)
@@ -484,8 +508,7 @@ class CoordinatorActor(Actor):
                     self._reroute(req_id, request, now)
             elif isinstance(request, GetRequest) and request.retry_at == when:
                 request.retry_at = None
-                for node, _ in request.targets:
-                    self.send(node, ReplicaGet(req_id, self.name, request.key))
+                self._ask_replicas(req_id, request)
 
     def _fail_get(self, request: GetRequest) -> None:
         tally = request.tally

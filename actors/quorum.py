@@ -44,7 +44,7 @@ def resolve(name: str, value: int | str | None, default: int | str, n: int) -> i
     return raw
 
 
-@dataclass
+@dataclass(slots=True)
 class WriteTally:
     """Acknowledgements of one write: ``enough`` at W durable acks, ``final`` when no more can come."""
 
@@ -78,7 +78,7 @@ class WriteTally:
         return len(self.acked) + len(self.failed) >= len(self.targets)
 
 
-@dataclass
+@dataclass(slots=True)
 class ReadTally:
     """Answers of one read: ``enough`` at R answers; the merged object; who is behind (read repair)."""
 
