@@ -145,3 +145,21 @@ def test_etcd_is_skipped_with_a_message_when_it_is_not_installed(monkeypatch: py
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(PeerUnavailable, match="etcd is not on PATH"):
         EtcdCluster(tmp_path)
+
+
+def test_latencies_counted_at_hdr_precision_and_folded_in_later_give_the_same_percentiles() -> None:
+    from bench.histogram import LatencyHistogram
+    from bench.worker import _fold, hdr_floor
+
+    rng = random.Random(3)
+    values = [int(rng.lognormvariate(8, 1.5)) + 1 for _ in range(20_000)]
+    direct, folded = LatencyHistogram(), LatencyHistogram()
+    counts: Counter[int] = Counter()
+    for value in values:
+        direct.record(value)
+        counts[hdr_floor(value)] += 1
+    _fold(folded, counts)
+    wanted = [50.0, 90.0, 99.0, 99.9, 100.0]
+    assert folded.count == direct.count == len(values)
+    assert folded.percentiles(wanted) == direct.percentiles(wanted)
+    assert len(counts) == 0
