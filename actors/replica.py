@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 from storage import crdts, objects, versions
 from storage.crdts import Crdt
 from storage.hlc import HybridClock, Timestamp
@@ -161,12 +160,12 @@ class ReplicaActor(Actor):
     def _prefetch(self, items: Any) -> None:
         """Read the stored objects a batch of puts and gets needs in one store transaction."""
         pending = self._pending
-        keys = {m.key for m in items if type(m) in _KEYED and m.key not in pending}
-        if len(keys) > 1:
-            try:
+        try:
+            keys = {m.key for m in items if type(m) in _KEYED and m.key not in pending}
+            if len(keys) > 1:
                 self._durable = self.store.get_many(keys)
-            except Exception:  # a bad key fails its own message below, not the whole batch
-                log.debug("replica %s: batch read failed; reading key by key", self.name, exc_info=True)
+        except Exception:  # a bad key fails its own message below, not the whole batch
+            log.debug("replica %s: batch read failed; reading key by key", self.name, exc_info=True)
 
     def on_stop(self) -> None:
         self._outbox.flush()

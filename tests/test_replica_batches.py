@@ -68,3 +68,12 @@ def test_a_replica_put_in_a_batch_merges_into_what_is_stored_not_into_nothing(re
     concurrent = versions.update(None, (), b"second", "n3.y")
     ref.tell(Batch([ReplicaPut(1, "co", "k", concurrent, None), ReplicaGet(2, "co", "k"), ReplicaGet(3, "co", "z")]))
     assert sorted(versions.values(answer_to(sent, 2))) == [b"first", b"second"]
+
+
+def test_a_batch_holding_a_message_with_an_unhashable_key_fails_that_message_only(replica: Any) -> None:
+    ref, store, sent = replica
+    obj = versions.update(None, (), b"v", "n2.x")
+    store.apply(objects=[("k", obj)])
+    ref.tell(Batch([ReplicaGet(1, "co", ["not", "a", "key"]), ReplicaGet(2, "co", "k"), ReplicaGet(3, "co", "j")]))
+    assert answer_to(sent, 2) == obj
+    assert ref.is_alive()
