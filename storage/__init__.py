@@ -2,7 +2,8 @@
 
 Further modules, imported by name: `storage.crdts` (server-merged data types),
 `storage.hlc` (hybrid logical clock), `storage.objects` (what a key holds, whatever its
-bucket type), `storage.merkle` (anti-entropy hash trees).
+bucket type), `storage.merkle` (anti-entropy hash trees), `storage.digests` (the key and
+object hashes of those trees).
 
 Pure and local: nothing here imports `actors`, opens sockets or starts actors.
 """

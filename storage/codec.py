@@ -9,6 +9,11 @@ when encoding, so a write can never succeed and then be unreadable.
 
 `safe_loads` is the only way bytes from disk or the network are unpickled: its
 unpickler admits exactly the globals in an allow-list.
+
+The common objects (an lww register, a DVVSet of bytes, str or None values) skip the
+checking pickler when encoding: a type test of each of their few parts shows there is
+nothing it could refuse, and the C pickler then writes the same bytes. Decoding makes
+no copy of the payload and no Python-level unpickler setup.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from storage.crdts import TYPES, Crdt
@@ -29,6 +35,9 @@ FORMAT_CRDT: int = 2
 """Format byte of a CRDT (or lww) record: a pickle of ``(type, state, applied)`` builtins."""
 
 _PROTOCOL = 5
+_V1_BYTE, _CRDT_BYTE = bytes((FORMAT_V1,)), bytes((FORMAT_CRDT,))
+_CRDT_TYPES = frozenset(TYPES)
+_new_tuple = tuple.__new__  # builds a named tuple from a checked tuple, as its _make does
 _BUILTIN_TYPES: frozenset[type] = frozenset(
     {bytes, bytearray, str, int, float, bool, type(None), tuple, list, dict, set, frozenset}
 )
@@ -39,11 +48,15 @@ class CodecError(ValueError):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals of its allow-list."""
+    """An unpickler that resolves only the globals of its allow-list, `_allowed`.
 
-    def __init__(self, data: bytes, allowed: Mapping[tuple[str, str], type]) -> None:
-        super().__init__(io.BytesIO(data))
-        self._allowed = allowed
+    The allow-list is empty unless an instance is given its own; there is no Python
+    ``__init__``, so making one costs only the C unpickler's setup. Every global a pickle
+    names (GLOBAL, STACK_GLOBAL, INST, EXT*) is resolved through `find_class`; with no
+    global, a pickle can only build builtin objects.
+    """
+
+    _allowed: Mapping[tuple[str, str], Any] = MappingProxyType({})
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -71,7 +84,10 @@ def safe_loads(data: bytes, allowed: Mapping[tuple[str, str], type] | None = Non
 
     Raises `pickle.UnpicklingError` for any other global (none by default).
     """
-    return _RestrictedUnpickler(data, allowed or {}).load()
+    unpickler = _RestrictedUnpickler(io.BytesIO(data))
+    if allowed:
+        unpickler._allowed = allowed
+    return unpickler.load()
 
 
 def encode_object(obj: DVVSet | Crdt) -> bytes:
@@ -83,7 +99,11 @@ def encode_object(obj: DVVSet | Crdt) -> bytes:
     payload: Any
     if isinstance(obj, Crdt):
         fmt, payload = FORMAT_CRDT, (obj.type, obj.state, tuple(obj.applied))
+        if _plain_register(payload):  # nothing the pickler could refuse: pickle in C, no hook per tuple
+            return _CRDT_BYTE + pickle.dumps(payload, _PROTOCOL)
     else:
+        if _plain_dvvset(obj.entries, obj.anonymous):
+            return _V1_BYTE + pickle.dumps((obj.entries, obj.anonymous), _PROTOCOL)
         fmt, payload = FORMAT_V1, (tuple((actor, n, tuple(vals)) for actor, n, vals in obj.entries),
                                    tuple(obj.anonymous))
     buffer = io.BytesIO()
@@ -92,39 +112,88 @@ def encode_object(obj: DVVSet | Crdt) -> bytes:
     return buffer.getvalue()
 
 
+_ATOMS = frozenset({type(None), bool, int, float, bytes, str})
+"""Exact builtin types holding no other object: `_BuiltinsPickler` accepts them, so a payload
+of exact tuples of these is pickled as it would be, without its check per object."""
+
+
+def _plain_register(payload: tuple[Any, Any, tuple[Any, ...]]) -> bool:
+    """True for an lww register's payload made of tuples and `_ATOMS` only: ``(type, None or
+    ((wall_ms, logical, node), value), ((op_id, wall_ms), ...))``."""
+    kind, state, applied = payload
+    if type(kind) is not str or kind != "register":
+        return False
+    if state is not None:
+        if type(state) is not tuple or len(state) != 2:
+            return False
+        ts, value = state
+        if type(value) not in _ATOMS or type(ts) is not tuple or len(ts) != 3:
+            return False
+        wall, logical, node = ts
+        if type(wall) not in _ATOMS or type(logical) not in _ATOMS or type(node) not in _ATOMS:
+            return False
+    for item in applied:
+        if type(item) is not tuple or len(item) != 2 or type(item[0]) not in _ATOMS or type(item[1]) not in _ATOMS:
+            return False
+    return True
+
+
+def _plain_dvvset(entries: Any, anonymous: Any) -> bool:
+    """True when a DVVSet is already its payload: tuples of ``(actor, counter, values)``
+    tuples, values and anonymous values in tuples, every actor, counter and value an `_ATOMS`."""
+    if type(entries) is not tuple or type(anonymous) is not tuple:
+        return False
+    for entry in entries:
+        if type(entry) is not tuple or len(entry) != 3:
+            return False
+        actor, counter, vals = entry
+        if type(actor) not in _ATOMS or type(counter) not in _ATOMS or type(vals) is not tuple:
+            return False
+        for value in vals:
+            if type(value) not in _ATOMS:
+                return False
+    for value in anonymous:
+        if type(value) not in _ATOMS:
+            return False
+    return True
+
+
 def decode_object(data: bytes) -> DVVSet | Crdt:
     """Decode a record made by `encode_object`; raise `CodecError` if it is not one."""
     if not data:
         raise CodecError("empty record")
-    if data[0] not in (FORMAT_V1, FORMAT_CRDT):
-        raise CodecError(f"unknown record format byte {data[0]}")
+    fmt = data[0]
+    if fmt != FORMAT_V1 and fmt != FORMAT_CRDT:
+        raise CodecError(f"unknown record format byte {fmt}")
+    stream = io.BytesIO(data)  # shares the bytes: no copy of the payload
+    stream.seek(1)
     try:
-        payload = safe_loads(bytes(data[1:]))
+        payload = _RestrictedUnpickler(stream).load()
     except Exception as exc:  # a corrupt pickle can fail in many ways
         raise CodecError(f"corrupt record payload: {exc!r}") from exc
-    if data[0] == FORMAT_CRDT:
-        if not (isinstance(payload, tuple) and len(payload) == 3 and payload[0] in TYPES
-                and isinstance(payload[2], tuple)):
+    if fmt == FORMAT_CRDT:
+        if not (type(payload) is tuple and len(payload) == 3 and type(payload[0]) is str
+                and payload[0] in _CRDT_TYPES and type(payload[2]) is tuple):
             raise CodecError("corrupt record: not a (type, state, applied) CRDT")
-        return Crdt(*payload)
+        return _new_tuple(Crdt, payload)
     return _to_dvvset(payload)
 
 
 def _to_dvvset(payload: Any) -> DVVSet:
     """Check the shape of a decoded payload and build the DVVSet."""
-    if not (isinstance(payload, tuple) and len(payload) == 2):
+    if not (type(payload) is tuple and len(payload) == 2):
         raise CodecError("corrupt record: payload is not an (entries, anonymous) pair")
     entries, anonymous = payload
-    if not (isinstance(entries, tuple) and isinstance(anonymous, tuple)):
+    if not (type(entries) is tuple and type(anonymous) is tuple):
         raise CodecError("corrupt record: entries and anonymous values must be tuples")
     previous: str | None = None
-    for entry in entries:
-        if not (isinstance(entry, tuple) and len(entry) == 3):
+    for entry in entries:  # a pickle without globals holds exact builtin types only: `type` tests suffice
+        if not (type(entry) is tuple and len(entry) == 3):
             raise CodecError(f"corrupt record: bad entry {entry!r}")
         actor, counter, vals = entry
-        if not (isinstance(actor, str) and type(counter) is int and isinstance(vals, tuple)):
+        if not (type(actor) is str and type(counter) is int and type(vals) is tuple):
             raise CodecError(f"corrupt record: bad entry types in {entry!r}")
         if counter < 1 or len(vals) > counter or (previous is not None and actor <= previous):
             raise CodecError(f"corrupt record: entry {entry!r} breaks the DVVSet invariants")
         previous = actor
-    return DVVSet(entries, anonymous)
+    return _new_tuple(DVVSet, payload)

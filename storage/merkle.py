@@ -27,8 +27,9 @@ number of keys in the partition.
 
 Hashes are 64-bit. XOR aggregation is fine for *detecting* differences between
 honest replicas: each object hash is a keyed blake2b digest of the key and a
-canonical encoding of its object, so two different trees have equal aggregates
-only by a 2**-64 accident. It is not meant to resist an adversary choosing
+canonical encoding of its object (`storage.digests`, where `key_hash` and
+`object_hash` live; this module re-exports them), so two different trees have
+equal aggregates only by a 2**-64 accident. It is not meant to resist an adversary choosing
 values to cancel out (XOR sums are easy to forge); peers are trusted.
 
 An object hash is never 0, so 0 means "no key here" at every level: a missing
@@ -41,12 +42,11 @@ its owner serialises calls (one actor).
 
 from __future__ import annotations
 
-import hashlib
-import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from storage.crdts import Crdt
+from storage.digests import key_hash, object_hash
 from storage.versions import DVVSet
 
 __all__ = [
@@ -67,119 +67,12 @@ SEGMENTS: int = 1024
 FANOUT: int = 32
 """Segments per bucket, and buckets per partition (``FANOUT * FANOUT == SEGMENTS``)."""
 
-_PERSON = b"leaderless.aae1"  # blake2b personalisation: a version tag for the hash format
-_LENGTH = struct.Struct(">Q")
-_FLOAT = struct.Struct(">d")
-
-
-def key_hash(key: str) -> int:
-    """SHA-1 of the key's UTF-8 bytes as an int, the same as ``Ring.key_hash``."""
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest(), "big")
+_MASK = SEGMENTS - 1
 
 
 def segment_of(khash: int) -> int:
     """The segment of a key hash: its low bits (the ring uses the high bits)."""
-    return khash % SEGMENTS
-
-
-def _encode(value: Any, write: Callable[[bytes], Any]) -> None:
-    """Feed a canonical, self-delimiting encoding of a builtin value to `write`.
-
-    Values that compare equal encode equally: numbers that are equal as numbers
-    (``1``, ``1.0``, ``True``) share one encoding, bytes and bytearrays one, sets
-    and frozensets one, tuple subclasses (named tuples) encode as tuples, and dict
-    items and set members are sorted by their encoding, so neither insertion
-    order nor ``PYTHONHASHSEED`` matters. Lists and tuples stay distinct, as they
-    are unequal. Other types raise `TypeError` (the codec refuses them too).
-    """
-    if value is None:
-        write(b"N")
-    elif isinstance(value, float) and not value.is_integer():  # non-integral floats, infinities, NaN
-        write(b"f" + _FLOAT.pack(value))
-    elif isinstance(value, (int, float)):  # bool and integral floats are their int
-        number = int(value)
-        raw = number.to_bytes(number.bit_length() // 8 + 1, "big", signed=True)
-        write(b"i" + _LENGTH.pack(len(raw)) + raw)
-    elif isinstance(value, str):
-        raw = value.encode("utf-8", "surrogatepass")
-        write(b"s" + _LENGTH.pack(len(raw)) + raw)
-    elif isinstance(value, (bytes, bytearray)):
-        write(b"b" + _LENGTH.pack(len(value)) + bytes(value))
-    elif isinstance(value, (tuple, list)):
-        write((b"t" if isinstance(value, tuple) else b"l") + _LENGTH.pack(len(value)))
-        for item in value:
-            _encode(item, write)
-    elif isinstance(value, (set, frozenset)):
-        write(b"S" + _LENGTH.pack(len(value)))
-        for raw in sorted(_encoded(item) for item in value):
-            write(raw)
-    elif isinstance(value, dict):
-        write(b"d" + _LENGTH.pack(len(value)))
-        for raw_key, raw_value in sorted((_encoded(k), _encoded(v)) for k, v in value.items()):
-            write(raw_key)
-            write(raw_value)
-    else:
-        raise TypeError(f"cannot hash a value of type {type(value).__qualname__}: only builtin types")
-
-
-def _encoded(value: Any) -> bytes:
-    parts: list[bytes] = []
-    _encode(value, parts.append)
-    return b"".join(parts)
-
-
-def object_hash(key: str, obj: DVVSet | Crdt | None) -> int:
-    """A 64-bit digest of `key` and `obj`; 0 for None (no object), never 0 otherwise.
-
-    Equal DVVSets (``==``) give equal hashes on every node and in every process:
-    the digest is blake2b over the key and a canonical encoding of the entries
-    (actor, counter, values) and anonymous values, independent of how the set was
-    built. Raises `TypeError` for values that are not builtins.
-    """
-    if obj is None:
-        return 0
-    digest = hashlib.blake2b(digest_size=8, person=_PERSON)
-    raw_key = key.encode("utf-8")
-    digest.update(_LENGTH.pack(len(raw_key)) + raw_key)
-    if not _plain(obj) and isinstance(obj, DVVSet):
-        obj = _bytes_values(obj)        # bytearray == bytes: give equal objects one encoding
-    if _plain(obj):
-        # Fast path (every write goes through here): the repr of builtin tuples of str, int,
-        # bytes and None is canonical, and computed in C.
-        body = (obj.type, obj.state, tuple(obj.applied)) if isinstance(obj, Crdt) else (obj.entries, obj.anonymous)
-        digest.update(b"r" + repr(body).encode("utf-8", "surrogatepass"))
-    elif isinstance(obj, Crdt):
-        digest.update(b"e")
-        _encode(("crdt", obj.type, obj.state, tuple(obj.applied)), digest.update)
-    else:
-        digest.update(b"e")
-        digest.update(_LENGTH.pack(len(obj.entries)))
-        for actor, counter, vals in obj.entries:
-            _encode(actor, digest.update)
-            _encode(counter, digest.update)
-            _encode(tuple(vals), digest.update)
-        _encode(tuple(obj.anonymous), digest.update)
-    return int.from_bytes(digest.digest(), "big") or 1  # keep 0 for "absent"
-
-
-_PLAIN = (bytes, str, type(None))
-
-
-def _bytes_values(obj: DVVSet) -> DVVSet:
-    def fix(v: Any) -> Any:
-        return bytes(v) if isinstance(v, (bytearray, memoryview)) else v
-    return DVVSet(tuple((a, n, tuple(fix(v) for v in vals)) for a, n, vals in obj.entries),
-                  tuple(fix(v) for v in obj.anonymous))
-
-
-def _plain(obj: DVVSet | Crdt) -> bool:
-    """True when every value of a DVVSet is bytes, str or None (what clients store), so its repr
-    is canonical; anything else (numbers that compare equal across types, sets...) takes the
-    slower canonical encoding. CRDT states are canonical by construction."""
-    if isinstance(obj, Crdt):
-        return True
-    return all(type(v) in _PLAIN for _, _, vals in obj.entries for v in vals) and \
-        all(type(v) in _PLAIN for v in obj.anonymous)
+    return khash & _MASK
 
 
 def _index(value: Any, limit: int, what: str) -> int:
@@ -222,33 +115,40 @@ class MerkleTree:
         ``khash`` is `key_hash(key)` when the caller has it already.
         """
         new = object_hash(key, obj)
-        segment = segment_of(key_hash(key) if khash is None else khash)
+        segment = (key_hash(key) if khash is None else khash) & _MASK
         tree = self._partitions.get(partition)
         if tree is None:
             if not new:
                 return
             tree = self._partitions[partition] = _Partition()
         hashes = tree.keys.get(segment)
-        old = 0 if hashes is None else hashes.get(key, 0)
-        if old == new:
-            return
         if hashes is None:
-            hashes = tree.keys[segment] = {}
-        if new:
-            hashes[key] = new
+            if not new:
+                return                              # removing a key that is not there
+            tree.keys[segment] = {key: new}
+            old = 0
         else:
-            del hashes[key]
-            if not hashes:
-                del tree.keys[segment]
+            old = hashes.get(key, 0)
+            if old == new:
+                return
+            if new:
+                hashes[key] = new
+            else:
+                del hashes[key]
+                if not hashes:
+                    del tree.keys[segment]
         delta = old ^ new
         tree.segments[segment] ^= delta
         tree.buckets[segment // FANOUT] ^= delta
         tree.root ^= delta
-        change = (not old) - (not new)  # +1 added, -1 removed, 0 replaced
-        tree.count += change
-        self._count += change
-        if not tree.count:
-            del self._partitions[partition]
+        if not old:                                 # added
+            tree.count += 1
+            self._count += 1
+        elif not new:                               # removed
+            tree.count -= 1
+            self._count -= 1
+            if not tree.count:
+                del self._partitions[partition]
 
     def root(self, partition: int) -> int:
         """The root hash of `partition` (0 when it holds no key)."""

@@ -145,6 +145,40 @@ def test_close_is_idempotent_and_later_use_is_a_store_error(store: Store) -> Non
         store.apply(objects=[("k", obj(1))])
 
 
+def test_a_reader_reads_one_snapshot_for_its_whole_block(store: Store) -> None:
+    store.apply(objects=[("a", obj(b"1")), ("b", obj(b"2"))])
+    with store.reader() as get:
+        assert get("a") == obj(b"1")
+        store.apply(objects=[("a", obj(b"changed")), ("c", obj(b"3"))], deletes=["b"])
+        assert (get("a"), get("b"), get("c"), get("never")) == (obj(b"1"), obj(b"2"), None, None)
+        with pytest.raises(ValueError, match="utf-8 bytes"):
+            get("")
+    with store.reader() as get:
+        assert (get("a"), get("b"), get("c")) == (obj(b"changed"), None, obj(b"3"))
+    assert store.get_many(["a", "b", "c"]) == {"a": obj(b"changed"), "b": None, "c": obj(b"3")}
+    store.close()
+    with pytest.raises(StoreError), store.reader():
+        pass
+
+
+def test_a_key_put_twice_in_one_batch_keeps_the_later_object(store: Store) -> None:
+    store.apply(objects=[("k", obj(b"first")), ("other", obj(b"x")), ("k", obj(b"second", "b"))])
+    assert store.get("k") == obj(b"second", "b")
+    assert store.count() == 2
+
+
+def test_crdt_records_and_siblings_sit_side_by_side(store: Store) -> None:
+    from storage.crdts import apply as crdt_apply
+    from storage.hlc import Timestamp
+
+    register = crdt_apply(None, "register", ("assign", b"v"), "a", None, Timestamp(1, 0, "n1"))
+    counter = crdt_apply(None, "counter", ("increment", 2), "a", "op", Timestamp(1, 0, "n1"))
+    store.apply(objects=[("lww", register), ("count", counter), ("sib", obj(b"s"))])
+    assert store.get_many(["lww", "count", "sib"]) == {"lww": register, "count": counter, "sib": obj(b"s")}
+    with store.reader() as get:
+        assert [get(k) for k in ("lww", "count", "sib")] == [register, counter, obj(b"s")]
+
+
 def test_one_writer_and_several_readers_run_concurrently(store: Store) -> None:
     errors: list[BaseException] = []
     done = threading.Event()
@@ -163,6 +197,8 @@ def test_one_writer_and_several_readers_run_concurrently(store: Store) -> None:
             while not done.is_set():
                 assert store.count() % 20 == 0
                 assert store.get("k000-0") in (None, obj(0))
+                with store.reader() as get:
+                    assert get("k000-0") in (None, obj(0))
                 assert all(isinstance(o, DVVSet) for _, o in store.items())
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
