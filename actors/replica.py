@@ -11,8 +11,9 @@ The coordinating replica of a put sends the built object (``Built``) as soon as 
 exists, so the other replicas' commits run alongside its own; its ``Ack`` follows
 the commit.
 
-The replica also keeps the node's Merkle tree (fed on every commit, rebuilt from the
-store on start) and answers the repairer's tree, batch-read and batch-write requests.
+The replica also keeps the node's Merkle tree (rebuilt from the store on start; a commit
+only notes its keys, and a partition's tree catches up from the store when it is read) and
+answers the repairer's tree, batch-read and batch-write requests.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]
 _KEYED = (ReplicaPut, CoordinatePut, ReplicaGet)
+DIRTY_LIMIT = 4096      # committed keys of one partition waiting to enter the hash tree before it catches up
 
 
 def new_actor_id(name: str) -> str:
@@ -151,6 +153,7 @@ class ReplicaActor(Actor):
         self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
         self._durable: dict[str, Obj | None] = {}   # store reads prefetched for the batch at hand
+        self._dirty: dict[int, dict[str, int]] = {}  # partition -> committed keys not yet in the tree (key hash)
 
     def on_start(self) -> None:
         """Rebuild the hash tree (and the tombstone list) from the store."""
@@ -314,21 +317,58 @@ class ReplicaActor(Actor):
             self.send(dest, ack)
 
     def _index(self, items: Any) -> None:
+        """Note committed keys for the hash tree (see ``_catch_up``) and track tombstones."""
         partition_of_hash = self.membership.ring.partition_of_hash
         now = self.clock()
+        dirty = self._dirty
         for key, obj in items:
             khash = merkle.key_hash(key)
-            self.tree.update(partition_of_hash(khash), key, obj, khash)
+            partition = partition_of_hash(khash)
+            keys = dirty.get(partition)
+            if keys is None:
+                dirty[partition] = {key: khash}
+            else:
+                keys[key] = khash
+                if len(keys) >= DIRTY_LIMIT:
+                    self._catch_up(partition)
             if objects.is_tombstone(obj):
                 self.tombstones.setdefault(key, now)
             else:
                 self.tombstones.pop(key, None)
+
+    def _catch_up(self, partition: int) -> None:
+        """Bring one partition's hash tree up to date with what is committed.
+
+        Commits only note their keys; the tree is brought up to date per partition when
+        it is read (an anti-entropy exchange asks for one partition at a time) or when
+        ``DIRTY_LIMIT`` keys of a partition wait. A key written many times in between is
+        hashed once, from the store, and the write path does no hashing at all.
+        """
+        keys = self._dirty.pop(partition, None)
+        if not keys:
+            return
+        try:
+            stored = self.store.get_many(keys)
+        except Exception:
+            self._dirty[partition] = keys              # try again at the next read of this partition
+            raise
+        update = self.tree.update
+        for key, khash in keys.items():
+            update(partition, key, stored[key], khash)
+
+    def _catch_up_all(self) -> None:
+        for partition in list(self._dirty):
+            self._catch_up(partition)
 
     # --- repair support --------------------------------------------------------------------
 
     def _tree_level(self, request: TreeRequest) -> Any:
         """One level of the tree; "partitions" and "objects" serve the local repairer's handoff."""
         level, partition = request.level, request.partition
+        if level == "partitions":
+            self._catch_up_all()
+        else:
+            self._catch_up(partition)
         if level == "buckets":
             return self.tree.buckets(partition)
         if level == "segments":

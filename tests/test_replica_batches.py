@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from actors.membership import Membership
-from actors.messages import Batch, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut
+from actors.messages import Ack, Batch, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest
 from actors.replica import ReplicaActor
 from actors.ring import Ring
 from actors.stats import Stats
 from storage import objects, versions
+from storage.merkle import MerkleTree
 from storage.store import MemoryStore
 
 WAIT = 5.0
@@ -91,3 +92,35 @@ def test_peer_reads_are_answered_from_the_store_per_coordinator_and_an_unreadabl
     by_dest = dict(sent)
     assert [(m.req_id, m.node, m.obj) for m in by_dest["n2"]] == [(1, "n1", obj), (3, "n1", None)]
     assert [(m.req_id, m.obj) for m in by_dest["n3"]] == [(2, obj)]
+
+
+def tree_reply(sent: "queue.Queue[tuple[str, Any]]", req_id: int) -> Any:
+    while True:
+        _, message = sent.get(timeout=WAIT)
+        if isinstance(message, TreeReply) and message.req_id == req_id:
+            return message.data
+
+
+def test_the_hash_tree_a_peer_reads_holds_every_committed_write_and_only_the_last_of_each_key(replica: Any) -> None:
+    ref, store, sent = replica
+    ring = Ring(["n1", "n2", "n3"], partitions=8, target_n=3)
+    keys = [f"key{i}" for i in range(40)]
+    waiting = set()
+    for round_ in range(3):                                   # each key written three times, concurrently
+        batch = [ReplicaPut(round_ * 100 + i, "co", key, versions.update(None, (), b"v%d" % round_, f"n{round_}.x"),
+                            None) for i, key in enumerate(keys)]
+        waiting |= {m.req_id for m in batch}
+        ref.tell(Batch(batch))
+    while waiting:                                            # acks come after the commit
+        _, message = sent.get(timeout=WAIT)
+        if isinstance(message, Ack):
+            waiting.discard(message.req_id)
+    expected = MerkleTree()
+    for key in keys:
+        assert len(versions.values(store.get(key))) == 3
+        expected.update(ring.partition_of(key), key, store.get(key))
+    for i, partition in enumerate(sorted({ring.partition_of(key) for key in keys})):
+        ref.tell(TreeRequest(1000 + i, "co", partition, "buckets"))
+        assert tree_reply(sent, 1000 + i) == expected.buckets(partition)
+    ref.tell(TreeRequest(2000, "co", 0, "partitions"))
+    assert tree_reply(sent, 2000) == {p: expected.key_count(p) for p in expected.partitions()}
