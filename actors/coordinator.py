@@ -78,6 +78,7 @@ class PutRequest:
     crdt_op: tuple | None = None
     op_id: str | None = None
     condition: tuple | None = None
+    timer_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ class GetRequest:
     bucket_type: str = "siblings"
     min_context: tuple | None = None
     retry_at: float | None = None
+    timer_at: float = 0.0
 
 
 def validate_key(key: Any) -> str:
@@ -290,7 +292,6 @@ class CoordinatorActor(Actor):
                              now, value, context, op=op, kind=kind, crdt_op=crdt_op, op_id=op_id, condition=condition,
                              n=props.n)
         self.requests[req_id] = request
-        self._timer(request.deadline, req_id, "deadline")
         self._coordinate(req_id, request, coordinating, now)
 
     def _coordinate(self, req_id: int, request: PutRequest, node: str, now: float) -> None:
@@ -298,7 +299,7 @@ class CoordinatorActor(Actor):
         request.coordinating = node
         request.tried.append(node)
         request.built_deadline = now + min(request.deadline - now, self.settings.timeout) / 3
-        self._timer(request.built_deadline, req_id, "built")
+        self._arm(req_id, request)
         hint = dict(request.targets)[node]
         self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint,
                                       request.kind, request.crdt_op, request.op_id, request.condition))
@@ -419,7 +420,7 @@ class CoordinatorActor(Actor):
                                            self.clock() + timeout, hints=dict(targets), bucket_type=props.type,
                                            min_context=min_context)
         request = self.requests[req_id]
-        self._timer(request.deadline, req_id, "deadline")
+        self._arm(req_id, request)
         self._ask_replicas(req_id, request)
 
     def _ask_replicas(self, req_id: int, request: GetRequest) -> None:
@@ -455,7 +456,7 @@ class CoordinatorActor(Actor):
             if request.state == "waiting_answers":
                 # A session read that saw nothing new enough: ask every replica again soon.
                 request.retry_at = self.clock() + SESSION_RETRY
-                self._timer(request.retry_at, req_id, "retry")
+                self._arm(req_id, request)
                 request.tally = ReadTally(needed=request.tally.needed, targets=request.tally.targets)
                 self.stats.incr("get.session_retries")
             else:
@@ -480,19 +481,31 @@ class CoordinatorActor(Actor):
 
     # --- time --------------------------------------------------------------------------
 
-    def _timer(self, when: float, req_id: int, kind: str) -> None:
-        """Wake up at ``when`` for request ``req_id``: its "deadline", a "built" check, a session "retry"."""
-        heapq.heappush(self._timers, (when, next(self._timer_seq), req_id, kind))
+    def _arm(self, req_id: int, request: PutRequest | GetRequest) -> None:
+        """Wake up for ``request`` at its next due time: its deadline, or sooner its "built" check
+        (a put waiting for its coordinating replica) or its session retry. One heap entry per
+        request at a time, pushed only when that time moves earlier; entries left behind by a
+        finished request, or by a time that moved, are skipped when they come up."""
+        when = request.deadline
+        if isinstance(request, PutRequest):
+            if request.state == "waiting_built":
+                when = min(when, request.built_deadline)
+        elif request.retry_at is not None:
+            when = min(when, request.retry_at)
+        if when != request.timer_at:
+            request.timer_at = when
+            heapq.heappush(self._timers, (when, next(self._timer_seq), req_id))
 
     def _expire(self, now: float) -> None:
-        """Handle the timers that are due (a heap: no scan of the request table per tick)."""
+        """Handle the requests whose timer is due (a heap: no scan of the request table per tick)."""
         timers = self._timers
         while timers and timers[0][0] <= now:
-            when, _, req_id, kind = heapq.heappop(timers)
+            when, _, req_id = heapq.heappop(timers)
             request = self.requests.get(req_id)
-            if request is None:
-                continue                                  # finished before its timer
-            if kind == "deadline":
+            if request is None or request.timer_at != when:
+                continue                                  # finished, or re-armed for another time
+            request.timer_at = 0.0
+            if now >= request.deadline:
                 del self.requests[req_id]
                 if isinstance(request, PutRequest):
                     if request.state != "answered":
@@ -502,13 +515,17 @@ class CoordinatorActor(Actor):
                     self._fail_get(request)
                 else:
                     self._read_repair(req_id, request)
-            elif kind == "built":
-                if (isinstance(request, PutRequest) and request.state == "waiting_built"
-                        and request.built_deadline == when):
+                continue
+            if isinstance(request, PutRequest):
+                if request.state == "waiting_built" and now >= request.built_deadline:
                     self._reroute(req_id, request, now)
-            elif isinstance(request, GetRequest) and request.retry_at == when:
+                    continue                              # _coordinate armed the next check
+            elif request.retry_at is not None and now >= request.retry_at:
                 request.retry_at = None
                 self._ask_replicas(req_id, request)
+                if req_id not in self.requests:
+                    continue
+            self._arm(req_id, request)
 
     def _fail_get(self, request: GetRequest) -> None:
         tally = request.tally
