@@ -356,9 +356,6 @@ class ReplicaActor(Actor):
         for key, khash in keys.items():
             update(partition, key, stored[key], khash)
 
-    def _catch_up_all(self) -> None:
-        for partition in list(self._dirty):
-            self._catch_up(partition)
 
     # --- repair support --------------------------------------------------------------------
 
@@ -366,17 +363,19 @@ class ReplicaActor(Actor):
         """One level of the tree; "partitions" and "objects" serve the local repairer's handoff."""
         level, partition = request.level, request.partition
         if level == "partitions":
-            self._catch_up_all()
-        else:
-            self._catch_up(partition)
+            # Which partitions this node holds keys of (handoff asks often): no catching up needed,
+            # the counts of partitions with keys still to enter the tree are upper bounds.
+            counts = {p: self.tree.key_count(p) for p in self.tree.partitions()}
+            for p, keys in self._dirty.items():
+                counts[p] = counts.get(p, 0) + len(keys)
+            return counts
+        self._catch_up(partition)
         if level == "buckets":
             return self.tree.buckets(partition)
         if level == "segments":
             return self.tree.segments(partition, request.which)
         if level == "keys":
             return self.tree.keys(partition, request.which)
-        if level == "partitions":
-            return {p: self.tree.key_count(p) for p in self.tree.partitions()}
         if level == "objects":
             limit = request.which[0] if request.which else 500
             keys = sorted(self.tree.keys(partition, range(SEGMENTS)))[:limit]
