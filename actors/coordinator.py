@@ -32,7 +32,7 @@ from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, SessionViola
 from .mailbox import Actor
 from .membership import Membership
 from .outbox import Outbox, SendBatch
-from .messages import (Ack, Batch, BucketProps, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult,
+from .messages import (Ack, Acks, Batch, BucketProps, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult,
                        Refused, Reply, ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, Tick, Unreachable, Value)
 from .quorum import ReadTally, WriteTally, resolve
 from .stats import Stats
@@ -199,6 +199,13 @@ class CoordinatorActor(Actor):
         self._outbox.flush()
 
     def _handle(self, message: Any) -> None:
+        if type(message) is Acks:
+            requests, node = self.requests, message.node
+            for req_id in message.req_ids:
+                request = requests.get(req_id)
+                if request is not None and isinstance(request, PutRequest):
+                    self._on_ack(req_id, request, Ack(req_id, node, True))
+            return
         if isinstance(message, (Ack, Built, ReplicaGetReply, Unreachable, Refused)):
             request = self.requests.get(message.req_id)
             if request is None:

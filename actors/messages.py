@@ -220,6 +220,13 @@ class Ack(NamedTuple):
     error: Any = None
 
 
+class Acks(NamedTuple):
+    """A replica's durable acknowledgements to one coordinator, one per request, from one commit
+    (what would otherwise be many ``Ack(req_id, node, True)``)."""
+    req_ids: list[int]
+    node: str
+
+
 class ReplicaGet(NamedTuple):
     """Ask a replica for its stored object."""
     req_id: int

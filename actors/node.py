@@ -30,7 +30,7 @@ from .errors import LeaderlessError
 from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
 from .membership import Membership
-from .messages import (Ack, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
+from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
                        ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip, InspectRequest,
                        PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, StoreHint, Tick, TreeReply,
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 TICK = 0.05
 GC_THRESHOLD = 50_000
 _REPLICA = (ReplicaPut, CoordinatePut, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates, StoreHint)
+_CLIENT_REQUESTS = frozenset({ClientPut, ClientGet, ClientUpdate})
 _READS = object()   # the route of peers' ReplicaGets: answered by the receiving thread (replica.answer_reads)
-_COORDINATOR = (Ack, Built, ReplicaGetReply, Refused)
+_COORDINATOR = (Ack, Acks, Built, ReplicaGetReply, Refused)
 _REPAIRER = (BatchAck, GetManyReply, TreeReply, ReapCandidatesReply)
 
 
@@ -155,8 +156,8 @@ class Node:
         to_coordinator: list[Any] = []
         to_gossiper: list[Any] = []
         for message in messages:
-            if isinstance(message, (ClientPut, ClientGet, ClientUpdate)):
-                to_coordinator.append(message._replace(reply_to=self._reply_channel(conn)))
+            if type(message) in _CLIENT_REQUESTS:          # reply_to is their last field
+                to_coordinator.append(tuple.__new__(type(message), (*message[:-1], self._reply_channel(conn))))
             elif isinstance(message, InspectRequest):
                 to_replica.append(message._replace(reply_to=conn))
             elif isinstance(message, StatusRequest):

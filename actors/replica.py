@@ -37,7 +37,7 @@ from .errors import InvalidRequest, LeaderlessError, StorageFull, VersionMismatc
 from .mailbox import Actor
 from .membership import Membership
 from .outbox import Outbox, SendBatch
-from .messages import (Ack, Batch, BatchAck, Built, CoordinatePut, DeleteHints, Drop, Flush, GetMany, GetManyReply,
+from .messages import (Ack, Acks, Batch, BatchAck, Built, CoordinatePut, DeleteHints, Drop, Flush, GetMany, GetManyReply,
                        InspectRequest, LocalObject, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, TreeReply, TreeRequest)
 from .stats import Stats
@@ -313,8 +313,22 @@ class ReplicaActor(Actor):
             if hints:
                 self.stats.incr("hints.stored", len(hints))
             self._index(objects.items())
+        self._send_acks(acks)
+
+    def _send_acks(self, acks: list[tuple[str, Any]]) -> None:
+        """The commit's acknowledgements: the plain ones as one ``Acks`` per coordinator."""
+        plain: dict[str, list[int]] = {}
         for dest, ack in acks:
-            self.send(dest, ack)
+            if type(ack) is Ack and ack.ok:
+                ids = plain.get(dest)
+                if ids is None:
+                    plain[dest] = [ack.req_id]
+                else:
+                    ids.append(ack.req_id)
+            else:
+                self.send(dest, ack)
+        for dest, ids in plain.items():
+            self.send(dest, Ack(ids[0], self.name, True) if len(ids) == 1 else Acks(ids, self.name))
 
     def _index(self, items: Any) -> None:
         """Note committed keys for the hash tree (see ``_catch_up``) and track tombstones."""

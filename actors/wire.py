@@ -30,7 +30,7 @@ from .errors import AuthenticationFailed, ProtocolError
 from storage.crdts import Crdt
 from storage.versions import DVVSet
 
-from .messages import (WIRE_TYPES, Ack, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult, Reply,
+from .messages import (WIRE_TYPES, Ack, Acks, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut)
 
 MAGIC = b"LDL1"
@@ -110,7 +110,7 @@ def _peer(sock: socket.socket) -> str:
 # tuples and decode with no globals at all. Everything else is pickled as it is.
 _FAST: tuple[tuple[type, tuple[int, ...]], ...] = (
     (ReplicaPut, (3,)), (Built, (2,)), (ReplicaGetReply, (2,)), (Ack, ()), (CoordinatePut, ()), (ReplicaGet, ()),
-    (ClientPut, ()), (ClientGet, ()), (ClientUpdate, ()), (Reply, (2,)),
+    (ClientPut, ()), (ClientGet, ()), (ClientUpdate, ()), (Reply, (2,)), (Acks, ()),
 )
 _CODE = {cls: (code, fields) for code, (cls, fields) in enumerate(_FAST)}
 

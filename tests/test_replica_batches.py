@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from actors.membership import Membership
-from actors.messages import Ack, Batch, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest
+from actors.messages import Ack, Acks, Batch, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest
 from actors.replica import ReplicaActor
 from actors.ring import Ring
 from actors.stats import Stats
@@ -115,6 +115,8 @@ def test_the_hash_tree_a_peer_reads_holds_every_committed_write_and_only_the_las
         _, message = sent.get(timeout=WAIT)
         if isinstance(message, Ack):
             waiting.discard(message.req_id)
+        elif isinstance(message, Acks):                       # one commit's acks to one coordinator
+            waiting.difference_update(message.req_ids)
     expected = MerkleTree()
     for key in keys:
         assert len(versions.values(store.get(key))) == 3
@@ -126,3 +128,17 @@ def test_the_hash_tree_a_peer_reads_holds_every_committed_write_and_only_the_las
         assert tree_reply(sent, 1000 + i) == expected.buckets(partition)
     ref.tell(TreeRequest(2001, "co", 0, "partitions"))
     assert tree_reply(sent, 2001) == {p: expected.key_count(p) for p in expected.partitions()}
+
+
+def test_the_acknowledgements_of_one_commit_reach_each_coordinator_as_one_message(replica: Any) -> None:
+    ref, store, sent = replica
+    puts = [ReplicaPut(i, "co1" if i % 2 else "co2", f"k{i}", versions.update(None, (), b"v", "n2.x"), None)
+            for i in range(10)]
+    ref.tell(Batch(puts))
+    got: dict[str, list[int]] = {}
+    while sum(len(ids) for ids in got.values()) < 10:
+        dest, message = sent.get(timeout=WAIT)
+        assert isinstance(message, Acks), message
+        got.setdefault(dest, []).extend(message.req_ids)
+    assert sorted(got["co1"]) == [1, 3, 5, 7, 9] and sorted(got["co2"]) == [0, 2, 4, 6, 8]
+    assert all(store.get(f"k{i}") is not None for i in range(10))   # acknowledged only once committed

@@ -121,3 +121,12 @@ def test_a_frame_with_an_unknown_message_code_is_refused_as_a_protocol_error() -
         payload = pickle.dumps([(code, 1, "n1")], protocol=5)
         with pytest.raises(ProtocolError):
             FrameReader().feed(struct.pack(">I", len(payload)) + payload)
+
+
+def test_client_requests_end_with_reply_to_which_is_never_sent() -> None:
+    from actors.messages import ClientGet, ClientUpdate
+
+    for cls in (ClientPut, ClientGet, ClientUpdate):
+        assert cls._fields[-1] == "reply_to"                # the node fills it in on arrival
+    message = FrameReader().feed(encode(ClientPut(1, "k", b"v", reply_to=object())))[0]
+    assert message.reply_to is None
