@@ -181,7 +181,7 @@ class CoordinatorActor(Actor):
         self.clock = clock
         self.requests: dict[int, PutRequest | GetRequest] = {}
         self._ids = itertools.count(1)
-        self._timers: list[tuple[float, int, int, str]] = []
+        self._timers: list[tuple[float, int, int]] = []      # (when, sequence, request id)
         self._timer_seq = itertools.count()
 
     def on_receive(self, message: Any) -> None:
@@ -423,10 +423,9 @@ class CoordinatorActor(Actor):
                         QuorumFailed(needed=r, got=0, replicas=[], op="get", down=down), "get.quorum_failed")
             return
         req_id = next(self._ids)
-        self.requests[req_id] = GetRequest(message.req_id, message.reply_to, key, targets, tally,
-                                           self.clock() + timeout, hints=dict(targets), bucket_type=props.type,
-                                           min_context=min_context)
-        request = self.requests[req_id]
+        request = GetRequest(message.req_id, message.reply_to, key, targets, tally, self.clock() + timeout,
+                             hints=dict(targets), bucket_type=props.type, min_context=min_context)
+        self.requests[req_id] = request
         self._arm(req_id, request)
         self._ask_replicas(req_id, request)
 

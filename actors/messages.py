@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from storage.crdts import Crdt
+from storage.objects import Obj
 from storage.versions import DVVSet
 
 from . import errors
@@ -199,7 +200,7 @@ class Built(NamedTuple):
     """The coordinating replica built the new object (sent before its own commit finishes)."""
     req_id: int
     node: str
-    obj: DVVSet
+    obj: Obj
 
 
 class ReplicaPut(NamedTuple):
@@ -207,7 +208,7 @@ class ReplicaPut(NamedTuple):
     req_id: int
     coordinator: str
     key: str
-    obj: DVVSet
+    obj: Obj
     hint_for: str | None = None
     want_ack: bool = True
 
@@ -238,7 +239,7 @@ class ReplicaGetReply(NamedTuple):
     """A replica's stored object (``None`` when absent)."""
     req_id: int
     node: str
-    obj: DVVSet | None
+    obj: Obj | None
 
 
 class Gossip(NamedTuple):
@@ -272,7 +273,7 @@ class PutMany(NamedTuple):
     """Repair traffic (hints, handoff, anti-entropy): merge every ``(key, obj)``; one ``BatchAck`` after commit."""
     req_id: int
     coordinator: str
-    items: list[tuple[str, DVVSet]]
+    items: list[tuple[str, Obj]]
     want_ack: bool = True
 
 
@@ -294,7 +295,7 @@ class GetMany(NamedTuple):
 class GetManyReply(NamedTuple):
     req_id: int
     node: str
-    objects: dict[str, DVVSet | None]
+    objects: dict[str, Obj | None]
 
 
 class TreeRequest(NamedTuple):
@@ -320,7 +321,7 @@ class TreeReply(NamedTuple):
 
 class Drop(NamedTuple):
     """Remove each key whose stored object still equals the given one (after handoff, or a tombstone reap)."""
-    items: list[tuple[str, DVVSet]]
+    items: list[tuple[str, Obj]]
     reason: str
 
 
@@ -342,7 +343,7 @@ class ReapCandidates(NamedTuple):
 
 class ReapCandidatesReply(NamedTuple):
     req_id: int
-    items: list[tuple[str, DVVSet]]
+    items: list[tuple[str, Obj]]
 
 
 class HandoffComplete(NamedTuple):

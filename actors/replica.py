@@ -392,8 +392,8 @@ class ReplicaActor(Actor):
             return self.tree.keys(partition, request.which)
         if level == "objects":
             limit = request.which[0] if request.which else 500
-            keys = sorted(self.tree.keys(partition, range(SEGMENTS)))[:limit]
-            return [(key, obj) for key in keys if (obj := self._current(key)) is not None]
+            chosen = sorted(self.tree.keys(partition, range(SEGMENTS)))[:limit]
+            return [(key, obj) for key in chosen if (obj := self._current(key)) is not None]
         raise ValueError(f"unknown tree level {level!r}")
 
     def _drop(self, message: Drop) -> None:
