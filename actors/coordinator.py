@@ -168,11 +168,9 @@ class CoordinatorActor(Actor):
 
     def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
                  clock: Callable[[], float] = time.monotonic,
-                 send_batch: SendBatch | None = None,
-                 local_read: Callable[[str], Obj | None] | None = None) -> None:
+                 send_batch: SendBatch | None = None) -> None:
         super().__init__()
         self.name = name
-        self.local_read = local_read
         self.membership = membership
         self._outbox = Outbox(send, send_batch)
         self.send = self._outbox.send           # sent when the batch at hand is done
@@ -430,23 +428,8 @@ class CoordinatorActor(Actor):
         self._ask_replicas(req_id, request)
 
     def _ask_replicas(self, req_id: int, request: GetRequest) -> None:
-        """Ask every target for its object. This node's own replica is read here, from the store,
-        with no message to the replica actor and back (a read-only LMDB transaction is safe from
-        any thread): what it has committed is what it has acknowledged."""
-        local = False
         for node, _ in request.targets:
-            if node == self.name and self.local_read is not None:
-                local = True
-            else:
-                self.send(node, ReplicaGet(req_id, self.name, request.key))
-        if local:
-            try:
-                obj = self.local_read(request.key)            # type: ignore[misc]
-            except Exception:  # an unreadable record fails this replica's answer, not the read
-                log.exception("coordinator %s: local read of %r failed", self.name, request.key)
-                self._on_unreachable(req_id, request, self.name)
-                return
-            self._on_answer(req_id, request, ReplicaGetReply(req_id, self.name, obj))
+            self.send(node, ReplicaGet(req_id, self.name, request.key))
 
     def _on_answer(self, req_id: int, request: GetRequest, message: ReplicaGetReply) -> None:
         request.tally.add_answer(message.node, message.obj)

@@ -36,7 +36,7 @@ from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketInfo, Bui
                        ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, StoreHint, Tick, TreeReply,
                        TreeRequest, Unreachable)
 from .repairer import RepairerActor, RepairSettings
-from .replica import ReplicaActor, answer_reads
+from .replica import ReplicaActor
 from .ring import Ring
 from .stats import Stats, WallClock
 from .transport import Connection, Transport
@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 TICK = 0.05
 GC_THRESHOLD = 50_000
-_REPLICA = (ReplicaPut, CoordinatePut, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates, StoreHint)
+_REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates,
+            StoreHint)
 _CLIENT_REQUESTS = frozenset({ClientPut, ClientGet, ClientUpdate})
-_READS = object()   # the route of peers' ReplicaGets: answered by the receiving thread (replica.answer_reads)
 _COORDINATOR = (Ack, Acks, Built, ReplicaGetReply, Refused)
 _REPAIRER = (BatchAck, GetManyReply, TreeReply, ReapCandidatesReply)
 
@@ -91,7 +91,7 @@ class Node:
                                           send_batch=self.transport.send_batch)
         settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout)
         self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
-                                                  send_batch=self.transport.send_batch, local_read=self.store.get)
+                                                  send_batch=self.transport.send_batch)
         self.repairer = RepairerActor.start(
             self.name, self.store, self.membership, send, self.gossiper, self.stats,
             RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,
@@ -100,7 +100,7 @@ class Node:
         self.apply_faults(faults or SetFaults(0))
         self._routes: dict[type, Any] = {
             **{cls: self.replica for cls in _REPLICA}, **{cls: self.coordinator for cls in _COORDINATOR},
-            **{cls: self.repairer for cls in _REPAIRER}, Gossip: self.gossiper, ReplicaGet: _READS}
+            **{cls: self.repairer for cls in _REPAIRER}, Gossip: self.gossiper}
         self.transport.listen(host, port)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.name}", daemon=True)
         self._ticker.start()
@@ -187,9 +187,6 @@ class Node:
         if len(messages) == 1:                       # the local fast path: coordinator <-> own replica
             message = messages[0]
             ref = routes.get(type(message))
-            if ref is _READS:
-                self._serve_reads(messages)
-                return
             if ref is None:
                 log.warning("node %s dropped unexpected peer message %s", self.name, type(message).__name__)
                 return
@@ -199,12 +196,8 @@ class Node:
                 pass
             return
         groups: dict[str, tuple[Any, list[Any]]] = {}
-        reads: list[ReplicaGet] = []
         for message in messages:
             ref = routes.get(type(message))
-            if ref is _READS:
-                reads.append(message)
-                continue
             if ref is None:
                 log.warning("node %s dropped unexpected peer message %s", self.name, type(message).__name__)
                 continue
@@ -214,11 +207,6 @@ class Node:
                 ref.tell(batch[0] if len(batch) == 1 else Batch(batch))
             except pykka.ActorDeadError:
                 log.debug("node %s is stopping; %d messages dropped", self.name, len(batch))
-        if reads:
-            self._serve_reads(reads)
-
-    def _serve_reads(self, gets: list[ReplicaGet]) -> None:
-        answer_reads(self.name, self.store, gets, self.transport.send_batch)
 
     def config_for_joiners(self) -> dict[str, Any]:
         """The cluster configuration as this node knows it now, for a node joining from elsewhere."""

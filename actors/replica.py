@@ -98,29 +98,6 @@ def build(current: Obj | None, message: CoordinatePut, actor_id: str, hlc: Hybri
     raise InvalidRequest(f"unknown write kind {kind!r}")
 
 
-def answer_reads(name: str, store: Store, gets: list[ReplicaGet], send_batch: Callable[[str, list[Any]], None]) -> None:
-    """Answer replica reads from peers in the calling thread (the node's receiving thread), from the store.
-
-    A read-only LMDB transaction is safe beside the replica actor's writes, and what this
-    replica has committed is what it has acknowledged (writes still pending in the actor are
-    not, so leaving them out breaks no promise). Skipping the actor saves a thread hand-over
-    each way. A read that fails gets no answer: its coordinator counts this replica missing.
-    """
-    replies: dict[str, list[Any]] = {}
-    try:
-        found: dict[str, Obj | None] | None = store.get_many({m.key for m in gets})
-    except Exception:  # a malformed key: read one by one below
-        found = None
-    for m in gets:
-        try:
-            obj = found[m.key] if found is not None else store.get(m.key)
-            replies.setdefault(m.coordinator, []).append(ReplicaGetReply(m.req_id, name, obj))
-        except Exception as exc:
-            log.warning("replica %s could not read %.60r for %.20r: %s", name, m.key, m.coordinator, exc)
-    for dest, batch in replies.items():
-        send_batch(dest, batch)
-
-
 def _apply(current: Obj | None, type_: str, op: tuple, actor_id: str, op_id: str | None, ts: Timestamp) -> Crdt:
     if current is not None and not isinstance(current, Crdt):
         raise InvalidRequest(f"the key holds siblings, not a {type_}")

@@ -330,54 +330,6 @@ def test_a_dot_handed_out_by_a_replica_whose_commit_failed_is_never_reused_for_a
         assert b"second" in versions.values(cluster.stores[node].get(key)), f"{node} lost an acknowledged write"
 
 
-def local_coordinator(cluster: FakeCluster, node: str, local_read: Callable[[str], DVVSet | None]) -> pykka.ActorRef:
-    """A coordinator on replica node ``node`` that reads its own replica through ``local_read``."""
-    from actors.coordinator import CoordinatorActor
-    from actors.membership import Membership
-
-    view = Membership(node, cluster.ring)
-    view.publish({other: "up" for other in cluster.nodes})
-    ref = CoordinatorActor.start(node, view, cluster.net.sender(node), cluster.settings, cluster.stats,
-                                 clock=cluster.clock, local_read=local_read)
-    cluster.net.coordinators[node] = ref
-    return ref
-
-
-def test_a_coordinator_reads_its_own_replica_from_the_store_and_counts_a_failed_local_read_as_a_missing_answer(
-        cluster: FakeCluster) -> None:
-    key = cluster.key_led_by("n1")
-    cluster.put(key, b"v", w=3).ok()
-    reads: list[str] = []
-
-    def read(k: str) -> DVVSet | None:
-        reads.append(k)
-        return cluster.stores["n1"].get(k)
-
-    ref = local_coordinator(cluster, "n1", read)
-    try:
-        conn = FakeConnection()
-        ref.tell(ClientGet(1, key, r=3, reply_to=conn))
-        assert conn.ok().values == [b"v"]
-        assert reads == [key]
-        assert not cluster.net.sent(ReplicaGet, src="n1", dest="n1")       # no message to its own replica
-    finally:
-        ref.stop()
-
-    def broken(k: str) -> DVVSet | None:
-        raise RuntimeError("unreadable record")
-
-    ref = local_coordinator(cluster, "n1", broken)
-    try:
-        conn = FakeConnection()
-        ref.tell(ClientGet(2, key, r=2, reply_to=conn))
-        assert conn.ok().values == [b"v"]                                   # n2 and n3 answer
-        ref.tell(ClientGet(3, key, r=3, reply_to=conn))
-        error = conn.failure()
-        assert isinstance(error, QuorumFailed) and error.needed == 3      # fails at once: 3 cannot be reached
-    finally:
-        ref.stop()
-
-
 # --- known limitations: wrong behaviour shown, xfail (strict) until it is fixed -----------
 
 

@@ -80,20 +80,6 @@ def test_a_batch_holding_a_message_with_an_unhashable_key_fails_that_message_onl
     assert ref.is_alive()
 
 
-def test_peer_reads_are_answered_from_the_store_per_coordinator_and_an_unreadable_key_gets_no_answer() -> None:
-    from actors.replica import answer_reads
-
-    store = MemoryStore()
-    obj = versions.update(None, (), b"v", "n2.x")
-    store.apply(objects=[("k", obj)])
-    sent: list[tuple[str, list[Any]]] = []
-    answer_reads("n1", store, [ReplicaGet(1, "n2", "k"), ReplicaGet(2, "n3", "k"), ReplicaGet(3, "n2", "missing"),
-                               ReplicaGet(4, "n2", ["unhashable"])], lambda dest, batch: sent.append((dest, batch)))
-    by_dest = dict(sent)
-    assert [(m.req_id, m.node, m.obj) for m in by_dest["n2"]] == [(1, "n1", obj), (3, "n1", None)]
-    assert [(m.req_id, m.obj) for m in by_dest["n3"]] == [(2, obj)]
-
-
 def tree_reply(sent: "queue.Queue[tuple[str, Any]]", req_id: int) -> Any:
     while True:
         _, message = sent.get(timeout=WAIT)
