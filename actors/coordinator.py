@@ -473,7 +473,7 @@ class CoordinatorActor(Actor):
     def _arm(self, req_id: int, request: PutRequest | GetRequest) -> None:
         """Wake up for ``request`` at its next due time: its deadline, or sooner its "built" check
         (a put waiting for its coordinating replica) or its session retry. One heap entry per
-        request at a time, pushed only when that time moves earlier; entries left behind by a
+        request at a time, pushed only when that time changes; entries left behind by a
         finished request, or by a time that moved, are skipped when they come up."""
         when = request.deadline
         if isinstance(request, PutRequest):
