@@ -163,3 +163,12 @@ def test_latencies_counted_at_hdr_precision_and_folded_in_later_give_the_same_pe
     assert folded.count == direct.count == len(values)
     assert folded.percentiles(wanted) == direct.percentiles(wanted)
     assert len(counts) == 0
+
+
+def test_the_actor_microbenchmark_runs_every_request_to_a_successful_reply() -> None:
+    from bench.micro_actors import measure
+
+    for kind in ("put", "get"):
+        result = measure(kind, 300, 8)
+        assert (result["ok"], result["failed"]) == (300, 0)
+        assert result["cpu_us_per_op"] > 0
