@@ -35,19 +35,17 @@ class Outbox:
 
     def send(self, dest: str, message: Any) -> None:
         """Queue ``message`` for node ``dest``."""
-        self.count += 1
-        queued = self._nodes.get(dest)
-        if queued is None:
-            self._nodes[dest] = [message]
-        else:
-            queued.append(message)
+        self._queue(self._nodes, dest, message)
 
     def reply(self, channel: Any, message: Any) -> None:
         """Queue ``message`` for a client connection (anything with ``send``; ``send_many`` if it has one)."""
+        self._queue(self._replies, channel, message)
+
+    def _queue(self, table: dict[Any, list[Any]], dest: Any, message: Any) -> None:
         self.count += 1
-        queued = self._replies.get(channel)
+        queued = table.get(dest)
         if queued is None:
-            self._replies[channel] = [message]
+            table[dest] = [message]
         else:
             queued.append(message)
 
