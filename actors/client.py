@@ -124,8 +124,7 @@ class NodeConnection:
             raise
         self._conn = Connection(sock, "node", name, self._on_frames, self._on_close)
         self._conn.send(Hello("client"))
-        threading.Thread(target=self._conn.start, args=(FrameReader(), []), name=f"client-{name}",
-                         daemon=True).start()
+        self._conn.start(FrameReader(), [])
 
     @property
     def closed(self) -> bool:

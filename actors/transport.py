@@ -2,10 +2,11 @@
 
 One ``Transport`` per node. It listens for connections (peers and clients), keeps one
 outgoing ``PeerLink`` per peer, and hands every batch of decoded messages to a single
-``deliver(messages, connection)`` callback. Sending never blocks the caller: a message
-is encoded and queued, and each connection's writer thread drains its whole queue into
-one ``sendall`` (batching on the wire). A receiver decodes everything one ``recv`` brought
-and delivers it as one batch.
+``deliver(messages, connection)`` callback. Every socket of the node, once authenticated,
+belongs to one ``IOLoop`` thread. Sending never blocks the caller: a message is encoded
+and queued, and the loop writes everything queued for a socket in one ``send`` (batching
+on the wire). The loop decodes everything one ``recv`` brought and delivers it as one
+batch. Accepting and the authentication handshake run on short-lived threads of their own.
 
 Fault hooks (used by ``LocalCluster`` and the chaos tools): ``block`` drops every message
 to and from some peers (a partition), ``delay`` holds every peer message to or from this
@@ -26,6 +27,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from .errors import AuthenticationFailed, ProtocolError
+from .ioloop import Channel, IOLoop, shared_loop
 from .messages import Hello
 from .wire import FrameReader, client_handshake, encode, encode_many, server_handshake
 
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[list[Any], "Connection | None"], None]
 
-RECV_SIZE = 1 << 18
+RECV_SIZE = 1 << 18           # what one recv may read during the handshake
 MAX_SEND = 4 << 20
 CONNECT_TIMEOUT = 1.0
 RECONNECT_BACKOFF = 0.2
@@ -63,79 +65,72 @@ def _data_size(item: tuple[bytes, Any]) -> int:
 
 
 class Connection:
-    """One accepted, authenticated connection: a reader thread and a writer thread."""
+    """One authenticated connection (a client's to a node, or one a node accepted), on an ``IOLoop``."""
 
     def __init__(self, sock: socket.socket, kind: str, name: str, on_frames: Callable[["Connection", list[Any]], None],
-                 on_close: Callable[["Connection"], None]) -> None:
+                 on_close: Callable[["Connection"], None], loop: IOLoop | None = None) -> None:
         self.sock = sock
         self.kind = kind
         self.name = name
         self._on_frames = on_frames
         self._on_close = on_close
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closed = threading.Event()
-        self._writer = threading.Thread(target=self._write_loop, name=f"conn-w-{name}", daemon=True)
+        self._loop = loop or shared_loop()
+        self._reader: FrameReader | None = None
+        self._channel: Channel | None = None
+        self._early: list[bytes] = []
+        self._closed = False
 
     def start(self, reader: FrameReader, pending: list[Any]) -> None:
-        self._writer.start()
+        """Deliver what came with the hello, then hand the socket to the loop (returns at once)."""
+        self._reader = reader
         if pending:
             self._on_frames(self, pending)
-        self._read_loop(reader)
+        channel = self._channel = self._loop.channel(self.sock, self._on_data, self._on_channel_close,
+                                                     f"{self.kind} {self.name}")
+        for data in self._early:
+            channel.send(data)
+        self._early = []
+        if self._closed:
+            channel.close()
 
     def send(self, message: Any) -> None:
-        if not self._closed.is_set():
-            self._queue.put(encode(message))
+        self._send(encode(message))
 
     def send_many(self, messages: list[Any]) -> None:
         """Several messages in one frame."""
-        if messages and not self._closed.is_set():
-            self._queue.put(encode_many(messages))
+        if messages:
+            self._send(encode_many(messages))
+
+    def _send(self, data: bytes) -> None:
+        channel = self._channel
+        if channel is not None:
+            channel.send(data)
+        elif not self._closed:
+            self._early.append(data)
 
     def close(self) -> None:
-        if self._closed.is_set():
+        if self._closed:
             return
-        self._closed.set()
-        self._queue.put(_STOP)
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._on_close(self)
+        self._closed = True
+        if self._channel is not None:
+            self._channel.close()
+        else:
+            self.sock.close()
+            self._on_close(self)
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._closed or (self._channel is not None and self._channel.closed)
 
-    def _read_loop(self, reader: FrameReader) -> None:
-        try:
-            while not self._closed.is_set():
-                data = self.sock.recv(RECV_SIZE)
-                if not data:
-                    break
-                messages = reader.feed(data)
-                if messages:
-                    self._on_frames(self, messages)
-        except ProtocolError as exc:
-            log.warning("closing %s connection %s: %s", self.kind, self.name, exc)
-        except OSError:
-            pass
-        finally:
-            self.close()
+    def _on_data(self, _channel: Channel, data: bytes) -> None:
+        assert self._reader is not None
+        messages = self._reader.feed(data)
+        if messages:
+            self._on_frames(self, messages)
 
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            items, stop = _drain(self._queue, item)
-            try:
-                self.sock.sendall(b"".join(items))
-            except OSError:
-                self.close()
-                return
-            if stop:
-                return
+    def _on_channel_close(self, _channel: Channel, _unsent: list[Any]) -> None:
+        self._closed = True
+        self._on_close(self)
 
 
 class PeerLink:
@@ -146,51 +141,95 @@ class PeerLink:
     message could not even be handed to the peer's socket (connection refused, reset),
     ``on_drop(peer, messages)`` says so at once, so a coordinator need not wait for its
     deadline to learn that a dead node will not answer.
+
+    While connected, ``send`` hands the frame straight to the loop's channel. Without a
+    connection, frames queue for the link's own thread, which connects (blocking, with a
+    few quick retries), hands the queue to the new channel in order, then publishes it.
+    The peer never writes on this link: the end of its read side means the peer is gone
+    (a restarted peer resets the old connection), and the next send reconnects.
     """
 
-    def __init__(self, me: str, peer: str, address: tuple[str, int], secret: bytes,
+    def __init__(self, me: str, peer: str, address: tuple[str, int], secret: bytes, loop: IOLoop,
                  on_drop: Callable[[str, list[Any]], None] | None = None) -> None:
         self.me = me
         self._on_drop = on_drop
         self.peer = peer
         self.address = address
         self._secret = secret
+        self._loop = loop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._sock: socket.socket | None = None
-        self._broken: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._channel: Channel | None = None
         self._retry_at = 0.0
         self.dropped = 0
-        self._thread = threading.Thread(target=self._loop, name=f"link-{me}-{peer}", daemon=True)
+        self._thread = threading.Thread(target=self._loop_thread, name=f"link-{me}-{peer}", daemon=True)
         self._thread.start()
 
     def send(self, data: bytes, messages: list[Any]) -> None:
         """Queue one encoded frame; ``messages`` are what it holds (for ``on_drop``)."""
-        self._queue.put((data, messages))
+        channel = self._channel
+        if channel is not None and channel.send(data, messages):
+            return
+        with self._lock:
+            channel = self._channel
+            if channel is not None and channel.send(data, messages):
+                return
+            self._queue.put((data, messages))
 
     def stop(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=2)
+        channel = self._channel
+        if channel is not None:
+            channel.close()
 
     def peer_alive(self) -> None:
         """The peer just talked to us: a failed connect is worth retrying at once."""
         self._retry_at = 0.0
 
-    def _write(self, data: bytes) -> bool:
-        """Write to the peer, (re)connecting first if needed; False if it could not be handed over."""
-        if self._sock is not None and self._sock is self._broken:
-            self._sock.close()
-            self._sock = None
-        if self._sock is None:
-            self._sock = self._connect_retrying()
-        if self._sock is None:
-            return False
-        try:
-            self._sock.sendall(data)
-            return True
-        except OSError:
-            self._sock.close()
-            self._sock = None
-            return False
+    def _drop(self, messages: list[Any]) -> None:
+        self.dropped += len(messages)
+        if self._on_drop is not None and messages:
+            self._on_drop(self.peer, messages)
+
+    def _loop_thread(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            items, stop = _drain(self._queue, item, _data_size)
+            channel = self._channel
+            if channel is None or channel.closed:
+                channel = self._open()
+            if channel is None:
+                self._drop([message for _, messages in items for message in messages])
+            else:
+                unsent: list[Any] = []
+                with self._lock:
+                    while True:
+                        for data, messages in items:
+                            if not channel.send(data, messages):
+                                unsent.extend(messages)
+                        items, more_stop = _drain_all(self._queue)
+                        stop = stop or more_stop
+                        if not items:
+                            break
+                    self._channel = channel
+                self._drop(unsent)
+            if stop:
+                return
+
+    def _open(self) -> Channel | None:
+        sock = self._connect_retrying()
+        if sock is None:
+            return None
+        return self._loop.channel(sock, _ignore, self._on_channel_close, f"link {self.me}->{self.peer}")
+
+    def _on_channel_close(self, channel: Channel, unsent: list[Any]) -> None:
+        with self._lock:
+            if self._channel is channel:
+                self._channel = None
+        self._drop([message for messages in unsent for message in messages])
 
     def _connect_retrying(self) -> socket.socket | None:
         """Connect, trying a few times a few tens of ms apart: a peer that is just starting (or
@@ -225,36 +264,23 @@ class PeerLink:
             sock.close()
             self._retry_at = now + RECONNECT_BACKOFF
             return None
-        threading.Thread(target=self._watch, args=(sock,), name=f"link-watch-{self.me}-{self.peer}",
-                         daemon=True).start()
         return sock
 
-    def _watch(self, sock: socket.socket) -> None:
-        """The peer never writes on this link: any end of the read side means the peer is gone
-        (a restarted peer resets the old connection), so the next send reconnects instead of
-        writing into a dead socket."""
-        try:
-            while sock.recv(4096):
-                pass
-        except OSError:
-            pass
-        self._broken = sock
 
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            items, stop = _drain(self._queue, item, _data_size)
-            sent = self._write(b"".join(data for data, _ in items))
-            if not sent:
-                self.dropped += len(items)
-                if self._on_drop is not None:
-                    self._on_drop(self.peer, [message for _, messages in items for message in messages])
-            if stop:
-                break
-        if self._sock is not None:
-            self._sock.close()
+def _ignore(_channel: Channel, _data: bytes) -> None:
+    """What a peer link does with bytes from the peer (it never sends any)."""
+
+
+def _drain_all(q: "queue.SimpleQueue[Any]") -> tuple[list[Any], bool]:
+    items: list[Any] = []
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return items, False
+        if item is _STOP:
+            return items, True
+        items.append(item)
 
 
 class DelayLine:
@@ -307,6 +333,7 @@ class Transport:
         self._peers.pop(name, None)
         self._connections: set[Connection] = set()
         self._lock = threading.Lock()
+        self._loop = IOLoop(name)
         self._listener: socket.socket | None = None
         self._blocked: frozenset[str] = frozenset()
         self._delay = 0.0
@@ -350,6 +377,7 @@ class Transport:
             conn.close()
         if self._delay_line is not None:
             self._delay_line.stop()
+        self._loop.stop()
 
     # --- faults ------------------------------------------------------------------------
 
@@ -447,7 +475,8 @@ class Transport:
             with self._lock:
                 link = self._links.get(dest)
                 if link is None:
-                    link = self._links[dest] = PeerLink(self.name, dest, address, self._secret, self._on_drop)
+                    link = self._links[dest] = PeerLink(self.name, dest, address, self._secret, self._loop,
+                                                        self._on_drop)
         return link
 
     # --- receiving ---------------------------------------------------------------------
@@ -459,7 +488,7 @@ class Transport:
                 sock, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(sock,), name=f"conn-r-{self.name}", daemon=True).start()
+            threading.Thread(target=self._serve, args=(sock,), name=f"handshake-{self.name}", daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
         try:
@@ -481,7 +510,7 @@ class Transport:
             log.info("connection from %s dropped during handshake: %s", peer, exc)
             sock.close()
             return
-        conn = Connection(sock, hello.kind, hello.name or peer, self._on_frames, self._on_close)
+        conn = Connection(sock, hello.kind, hello.name or peer, self._on_frames, self._on_close, self._loop)
         with self._lock:
             self._connections.add(conn)
         conn.start(reader, pending)
