@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,16 +45,24 @@ MAX_KEY_BYTES = STORE_MAX_KEY_BYTES
 MAX_VALUE_BYTES = 16 << 20
 MAX_TIMEOUT = 600.0
 SESSION_RETRY = 0.05        # seconds between rounds of a session read still waiting for a new enough replica
+SPECULATE_MIN = 0.002       # a read waits at least this long before asking a replica it skipped
+LATENCY_GAIN = 0.125        # weight of a new sample in the latency averages (TCP's SRTT gain)
 EMPTY_VALUES: dict[str, Any] = {"counter": 0, "set": frozenset(), "register": None, "flag": False, "map": {}}
 
 
 @dataclass
 class Settings:
-    """Cluster-wide request defaults (per-bucket settings come later)."""
+    """Cluster-wide request defaults (buckets may set their own n, r, w).
+
+    ``read_repair_chance``: the share of reads (r < n) that ask every replica instead of r of
+    them, so read repair also reaches replicas outside the fastest r (Cassandra's
+    ``read_repair_chance``); anti-entropy covers the rest.
+    """
     n: int = 3
     r: int | str = 2
     w: int | str = 2
     timeout: float = 3.0
+    read_repair_chance: float = 0.1
 
 
 @dataclass(slots=True)
@@ -95,6 +104,10 @@ class GetRequest:
     min_context: tuple | None = None
     retry_at: float | None = None
     timer_at: float = 0.0
+    spare: list[str] = field(default_factory=list)      # replicas not asked (yet), fastest first
+    started: float = 0.0
+    asked_late: dict[str, float] | None = None          # replica -> when asked, for those asked after the start
+    speculate_at: float | None = None
 
 
 def validate_key(key: Any) -> str:
@@ -181,6 +194,10 @@ class CoordinatorActor(Actor):
         self._ids = itertools.count(1)
         self._timers: list[tuple[float, int, int]] = []      # (when, sequence, request id)
         self._timer_seq = itertools.count()
+        self._replica_latency: dict[str, float] = {}         # node -> smoothed seconds to answer a read
+        self._read_latency = 0.0                             # smoothed seconds to r answers, and its
+        self._read_deviation = 0.0                           # mean deviation (TCP's SRTT and RTTVAR)
+        self._random = random.Random()
 
     def on_receive(self, message: Any) -> None:
         items = message.messages if isinstance(message, Batch) else (message,)
@@ -338,6 +355,8 @@ class CoordinatorActor(Actor):
             self._on_ack(req_id, request, Ack(req_id, node, False))
             return
         request.tally.add_failure(node)
+        if request.state == "waiting_answers" and not request.tally.enough:
+            self._ask_spare(req_id, request)
         if request.state == "waiting_answers" and request.tally.hopeless:
             del self.requests[req_id]
             self._fail_get(request)
@@ -421,26 +440,84 @@ class CoordinatorActor(Actor):
                         QuorumFailed(needed=r, got=0, replicas=[], op="get", down=down), "get.quorum_failed")
             return
         req_id = next(self._ids)
-        request = GetRequest(message.req_id, message.reply_to, key, targets, tally, self.clock() + timeout,
-                             hints=dict(targets), bucket_type=props.type, min_context=min_context)
+        now = self.clock()
+        request = GetRequest(message.req_id, message.reply_to, key, targets, tally, now + timeout,
+                             hints=dict(targets), bucket_type=props.type, min_context=min_context, started=now)
         self.requests[req_id] = request
+        order = self._read_order([node for node, _ in targets])
+        if r < len(order) and self._random.random() >= self.settings.read_repair_chance:
+            request.spare = order[r:]
+            order = order[:r]
+            request.speculate_at = now + self._speculation_delay(timeout)
+        tally.targets = ()
         self._arm(req_id, request)
-        self._ask_replicas(req_id, request)
+        self._ask(req_id, request, order)
+
+    def _read_order(self, nodes: list[str]) -> list[str]:
+        """Replicas to read from, best first: this node (no network), then by how fast each answered
+        lately (Cassandra's dynamic snitch, without the periodic reset: the reads that ask every
+        replica, and the speculative ones, keep every replica's figure fresh)."""
+        latency = self._replica_latency
+        return sorted(nodes, key=lambda node: -1.0 if node == self.name else latency.get(node, 0.0))
+
+    def _speculation_delay(self, timeout: float) -> float:
+        """How long a read waits for its r replicas before asking one more: TCP's retransmission
+        timeout over this coordinator's read latencies (mean + 4 deviations), so roughly the
+        slowest percent of reads, never less than SPECULATE_MIN nor more than half the timeout."""
+        return min(max(SPECULATE_MIN, self._read_latency + 4 * self._read_deviation), timeout / 2)
+
+    def _ask(self, req_id: int, request: GetRequest, nodes: list[str]) -> None:
+        request.tally.targets += tuple(nodes)
+        for node in nodes:
+            self.send(node, ReplicaGet(req_id, self.name, request.key))
+
+    def _ask_spare(self, req_id: int, request: GetRequest) -> bool:
+        """Ask the best replica not asked yet; False if there is none."""
+        if not request.spare:
+            return False
+        node = request.spare.pop(0)
+        if request.asked_late is None:
+            request.asked_late = {}
+        request.asked_late[node] = self.clock()
+        self._ask(req_id, request, [node])
+        return True
 
     def _ask_replicas(self, req_id: int, request: GetRequest) -> None:
-        for node, _ in request.targets:
-            self.send(node, ReplicaGet(req_id, self.name, request.key))
+        """A session read's next round: every replica."""
+        nodes = [node for node, _ in request.targets]
+        request.spare = []
+        request.asked_late = dict.fromkeys(nodes, self.clock())
+        request.tally = ReadTally(needed=request.tally.needed, targets=())
+        self._ask(req_id, request, nodes)
+
+    def _note_latency(self, node: str, request: GetRequest) -> None:
+        late = request.asked_late
+        sample = self.clock() - (late[node] if late is not None and node in late else request.started)
+        latency = self._replica_latency
+        old = latency.get(node)
+        latency[node] = sample if old is None else old + LATENCY_GAIN * (sample - old)
+
+    def _note_read(self, request: GetRequest) -> None:
+        sample = self.clock() - request.started
+        error = sample - self._read_latency
+        self._read_latency += LATENCY_GAIN * error
+        self._read_deviation += 0.25 * (abs(error) - self._read_deviation)
 
     def _on_answer(self, req_id: int, request: GetRequest, message: ReplicaGetReply) -> None:
         request.tally.add_answer(message.node, message.obj)
+        if message.node != self.name:
+            self._note_latency(message.node, request)
         if request.state == "waiting_answers" and request.tally.enough:
             merged = request.tally.merged()
             context = objects.context(merged)
             if request.min_context is None or objects.context_descends(context, request.min_context):
                 request.state = "waiting_read_repair"
+                self._note_read(request)
                 self._reply(request.reply_to, request.client_req_id, True,
                             self._result(request.bucket_type, merged, context), "get.ok")
         if request.tally.final:
+            if request.state == "waiting_answers" and self._ask_spare(req_id, request):
+                return                           # a session read not yet satisfied: try the rest
             self._read_repair(req_id, request)
             if request.state == "waiting_answers":
                 # A session read that saw nothing new enough: ask every replica again soon.
@@ -479,8 +556,11 @@ class CoordinatorActor(Actor):
         if isinstance(request, PutRequest):
             if request.state == "waiting_built":
                 when = min(when, request.built_deadline)
-        elif request.retry_at is not None:
-            when = min(when, request.retry_at)
+        else:
+            if request.retry_at is not None:
+                when = min(when, request.retry_at)
+            if request.speculate_at is not None:
+                when = min(when, request.speculate_at)
         if when != request.timer_at:
             request.timer_at = when
             heapq.heappush(self._timers, (when, next(self._timer_seq), req_id))
@@ -509,11 +589,16 @@ class CoordinatorActor(Actor):
                 if request.state == "waiting_built" and now >= request.built_deadline:
                     self._reroute(req_id, request, now)
                     continue                              # _coordinate armed the next check
-            elif request.retry_at is not None and now >= request.retry_at:
-                request.retry_at = None
-                self._ask_replicas(req_id, request)
-                if req_id not in self.requests:
-                    continue
+            else:
+                if request.speculate_at is not None and now >= request.speculate_at:
+                    request.speculate_at = None
+                    if request.state == "waiting_answers" and self._ask_spare(req_id, request):
+                        self.stats.incr("get.speculative")
+                if request.retry_at is not None and now >= request.retry_at:
+                    request.retry_at = None
+                    self._ask_replicas(req_id, request)
+                    if req_id not in self.requests:
+                        continue
             self._arm(req_id, request)
 
     def _fail_get(self, request: GetRequest) -> None:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[str, Any], None]
 _KEYED = (ReplicaPut, CoordinatePut, ReplicaGet)
 DIRTY_LIMIT = 4096      # committed keys of one partition waiting to enter the hash tree before it catches up
+UNSORTED_LIMIT = 1 << 16  # committed keys not yet hashed into their partitions before they are
 
 
 def new_actor_id(name: str) -> str:
@@ -131,6 +132,7 @@ class ReplicaActor(Actor):
         self._flush_told = False
         self._durable: dict[str, Obj | None] = {}   # store reads prefetched for the batch at hand
         self._dirty: dict[int, dict[str, int]] = {}  # partition -> committed keys not yet in the tree (key hash)
+        self._unsorted: dict[str, None] = {}         # committed keys not yet hashed into ``_dirty``
 
     def on_start(self) -> None:
         """Rebuild the hash tree (and the tombstone list) from the store."""
@@ -308,11 +310,31 @@ class ReplicaActor(Actor):
             self.send(dest, Ack(ids[0], self.name, True) if len(ids) == 1 else Acks(ids, self.name))
 
     def _index(self, items: Any) -> None:
-        """Note committed keys for the hash tree (see ``_catch_up``) and track tombstones."""
-        partition_of_hash = self.membership.ring.partition_of_hash
+        """Note committed keys for the hash tree (see ``_catch_up``) and track tombstones.
+
+        A commit only remembers its keys; they are hashed (to find their partition) when a
+        tree is read or ``UNSORTED_LIMIT`` keys wait, so a key written many times in between
+        is hashed once.
+        """
         now = self.clock()
-        dirty = self._dirty
+        unsorted = self._unsorted
+        tombstones = self.tombstones
         for key, obj in items:
+            unsorted[key] = None
+            if objects.is_tombstone(obj):
+                tombstones.setdefault(key, now)
+            elif tombstones:
+                tombstones.pop(key, None)
+        if len(unsorted) >= UNSORTED_LIMIT:
+            self._sort_dirty()
+
+    def _sort_dirty(self) -> None:
+        """Hash the keys committed since the last sort into their partitions' waiting lists."""
+        unsorted, self._unsorted = self._unsorted, {}
+        partition_of_hash = self.membership.ring.partition_of_hash
+        dirty = self._dirty
+        full = set()
+        for key in unsorted:
             khash = merkle.key_hash(key)
             partition = partition_of_hash(khash)
             keys = dirty.get(partition)
@@ -321,11 +343,9 @@ class ReplicaActor(Actor):
             else:
                 keys[key] = khash
                 if len(keys) >= DIRTY_LIMIT:
-                    self._catch_up(partition)
-            if objects.is_tombstone(obj):
-                self.tombstones.setdefault(key, now)
-            else:
-                self.tombstones.pop(key, None)
+                    full.add(partition)
+        for partition in full:
+            self._catch_up(partition)
 
     def _catch_up(self, partition: int) -> None:
         """Bring one partition's hash tree up to date with what is committed.
@@ -335,6 +355,8 @@ class ReplicaActor(Actor):
         ``DIRTY_LIMIT`` keys of a partition wait. A key written many times in between is
         hashed once, from the store, and the write path does no hashing at all.
         """
+        if self._unsorted:
+            self._sort_dirty()
         keys = self._dirty.pop(partition, None)
         if not keys:
             return
@@ -356,6 +378,8 @@ class ReplicaActor(Actor):
         if level == "partitions":
             # Which partitions this node holds keys of (handoff asks often): no catching up needed,
             # the counts of partitions with keys still to enter the tree are upper bounds.
+            if self._unsorted:
+                self._sort_dirty()
             counts = {p: self.tree.key_count(p) for p in self.tree.partitions()}
             for p, keys in self._dirty.items():
                 counts[p] = counts.get(p, 0) + len(keys)

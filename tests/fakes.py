@@ -227,14 +227,15 @@ class FakeCluster:
 
     COORDINATOR = "n0"
 
-    def __init__(self, nodes: tuple[str, ...] = ("n1", "n2", "n3"), timeout: float = 3.0) -> None:
+    def __init__(self, nodes: tuple[str, ...] = ("n1", "n2", "n3"), timeout: float = 3.0,
+                 read_repair_chance: float = 0.0) -> None:
         self.nodes = nodes
         self.clock = FakeClock()
         self.net = FakeNetwork()
         self.ring = Ring(list(nodes), partitions=64, target_n=3)
         self.membership = Membership(self.COORDINATOR, self.ring)
         self.membership.publish({node: "up" for node in nodes})
-        self.settings = Settings(n=3, r=2, w=2, timeout=timeout)
+        self.settings = Settings(n=3, r=2, w=2, timeout=timeout, read_repair_chance=read_repair_chance)
         self.stats = Stats()
         self.stores = {node: FakeStore() for node in nodes}
         self.replica_stats = {node: Stats() for node in nodes}

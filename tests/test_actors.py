@@ -14,7 +14,8 @@ import pykka
 import pytest
 
 from actors.errors import InvalidRequest, QuorumFailed, QuorumValueError, StorageFull
-from actors.messages import Ack, ClientGet, ClientPut, CoordinatePut, GetResult, ReplicaGet, ReplicaPut
+from actors.messages import (Ack, ClientGet, ClientPut, CoordinatePut, GetResult, ReplicaGet, ReplicaGetReply,
+                             ReplicaPut)
 from actors.replica import local_object
 from storage import versions
 from storage.versions import DVVSet
@@ -29,6 +30,15 @@ TIMEOUT = 3.0
 def cluster() -> Iterator[FakeCluster]:
     try:
         yield FakeCluster(NODES, timeout=TIMEOUT)
+    finally:
+        pykka.ActorRegistry.stop_all()
+
+
+@pytest.fixture
+def reading_all() -> Iterator[FakeCluster]:
+    """A cluster whose every read asks all n replicas (read_repair_chance 1.0, as Riak always does)."""
+    try:
+        yield FakeCluster(NODES, timeout=TIMEOUT, read_repair_chance=1.0)
     finally:
         pykka.ActorRegistry.stop_all()
 
@@ -157,7 +167,9 @@ def test_a_put_whose_coordinating_replica_never_answers_is_rerouted_once_a_third
 # --- read repair ----------------------------------------------------------------------------
 
 
-def test_a_get_that_finds_a_replica_without_the_key_repairs_it_with_the_merged_object(cluster: FakeCluster) -> None:
+def test_a_get_that_finds_a_replica_without_the_key_repairs_it_with_the_merged_object(
+        reading_all: FakeCluster) -> None:
+    cluster = reading_all
     key = cluster.key_led_by("n1")
     cluster.net.partition("n3")
     cluster.put(key, b"missed by n3", w=2).ok()
@@ -174,7 +186,8 @@ def test_a_get_that_finds_a_replica_without_the_key_repairs_it_with_the_merged_o
 
 
 def test_a_get_that_finds_a_replica_with_an_older_version_repairs_it_with_the_merged_object(
-        cluster: FakeCluster) -> None:
+        reading_all: FakeCluster) -> None:
+    cluster = reading_all
     key = cluster.key_led_by("n2")
     cluster.put(key, b"old", w=3).ok()
     context = cluster.get(key, r=3).ok().context
@@ -190,18 +203,90 @@ def test_a_get_that_finds_a_replica_with_an_older_version_repairs_it_with_the_me
     assert cluster.stats.get("read_repairs") == 1
 
 
-def test_a_get_whose_replicas_all_agree_repairs_nothing(cluster: FakeCluster) -> None:
+def test_a_get_whose_replicas_all_agree_repairs_nothing(reading_all: FakeCluster) -> None:
+    cluster = reading_all
     key = cluster.key_led_by("n3")
     cluster.put(key, b"same everywhere", w=3).ok()
 
     cluster.get(key, r=2).ok()
-    cluster.net.wait_sent(ReplicaGet, count=3)
+    cluster.net.wait_sent(ReplicaGet, count=3)              # every replica asked
     cluster.settle(*NODES)
     cluster.settle("coordinator")
 
     assert cluster.stats.get("read_repairs") == 0
     assert cluster.net.sent(ReplicaPut, want_ack=False) == []
 
+
+
+# --- which replicas a read asks ---------------------------------------------------------------
+
+
+def test_a_get_at_r2_asks_two_replicas_and_repairs_a_stale_one_among_them(cluster: FakeCluster) -> None:
+    key = cluster.key_led_by("n1")
+    first, second, third = cluster.primaries(key)
+    cluster.net.partition(second)
+    cluster.put(key, b"missed", w=2).ok()
+    cluster.net.heal(second)
+
+    assert cluster.get(key, r=2).ok().values == [b"missed"]
+
+    asked = [s.dest for s in cluster.net.wait_sent(ReplicaGet, count=2)]
+    assert asked == [first, second]                  # no latency seen yet: preference order
+    cluster.stores[second].wait_for(key, holds(b"missed"))
+    cluster.settle(*NODES)
+    cluster.settle("coordinator")
+    assert len(cluster.net.sent(ReplicaGet)) == 2 and cluster.stats.get("read_repairs") == 1
+
+
+def test_a_get_asks_a_skipped_replica_at_once_when_an_asked_one_is_unreachable(cluster: FakeCluster) -> None:
+    key = cluster.key_led_by("n1")
+    first, second, third = cluster.primaries(key)
+    cluster.put(key, b"v", w=3).ok()
+    cluster.net.on_drop = cluster.net.report_unreachable
+    cluster.net.partition(first)
+
+    assert cluster.get(key, r=2).ok().values == [b"v"]       # no clock advance: no deadline was needed
+
+    assert sorted(s.dest for s in cluster.net.sent(ReplicaGet)) == sorted([first, second, third])
+
+
+def test_a_get_whose_replica_is_slow_asks_a_skipped_one_after_the_speculation_delay(cluster: FakeCluster) -> None:
+    key = cluster.key_led_by("n1")
+    first, second, third = cluster.primaries(key)
+    cluster.put(key, b"v", w=3).ok()
+    cluster.net.hold(lambda s: isinstance(s.message, ReplicaGet) and s.dest == second)
+    pending = cluster.get(key, r=2)
+    cluster.net.wait_sent(ReplicaGet, dest=first)
+    assert not cluster.net.sent(ReplicaGet, dest=third)
+
+    cluster.advance(0.05)                            # past the delay (its floor: no reads timed yet)
+
+    assert pending.ok().values == [b"v"]
+    assert [s.dest for s in cluster.net.sent(ReplicaGet)] == [first, third]
+    assert cluster.stats.get("get.speculative") == 1
+    cluster.net.release()
+
+
+def test_reads_prefer_the_replica_that_answered_faster(cluster: FakeCluster) -> None:
+    key = cluster.key_led_by("n1")
+    first, second, third = cluster.primaries(key)
+    cluster.put(key, b"v", w=3).ok()
+    slow = first
+    cluster.net.hold(lambda s: isinstance(s.message, ReplicaGet) and s.dest == slow)
+    pending = cluster.get(key, r=2)
+    cluster.net.wait_sent(ReplicaGetReply, src=second)
+    cluster.settle("coordinator")                    # the fast answer is timed before the clock moves
+    cluster.advance(0.05)                            # the slow replica's answer comes 50 ms late
+    pending.ok()
+    cluster.net.release()
+    cluster.net.wait_sent(ReplicaGetReply, src=slow)
+    cluster.settle("coordinator")
+    before = len(cluster.net.sent(ReplicaGet))
+
+    cluster.get(key, r=2).ok()
+
+    asked = [s.dest for s in cluster.net.wait_sent(ReplicaGet, count=before + 2)[before:]]
+    assert slow not in asked and sorted(asked) == sorted([second, third])
 
 # --- invalid requests -----------------------------------------------------------------------
 
