@@ -33,7 +33,7 @@ from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_,
 from .messages import (BucketCreate, BucketInfo, ClientGet, ClientPut, ClientUpdate, ConfigRequest, GetResult, Hello,
                        InspectRequest, LocalObject, Reply, RingChange, SetFaults, StatusRequest)
 from .transport import Connection
-from .wire import FrameReader, client_handshake
+from .wire import FrameReader, client_handshake, encode
 
 if TYPE_CHECKING:
     from .buckets import Bucket, Session
@@ -138,7 +138,7 @@ class NodeConnection:
                 raise ConnectionError_(f"connection to {self.name} is closed")
             req_id = next(self._ids)
             self._pending[req_id] = future
-        self._conn.send(make(req_id, *args))
+        self._conn.send_data(encode(make(req_id, *args)))
         return future
 
     def close(self) -> None:
@@ -180,6 +180,7 @@ class Client:
         if not chosen:
             raise ClusterUnavailable("a client needs at least one node")
         self.addresses = {name: tuple(addresses[name]) for name in chosen}
+        self._names = tuple(self.addresses)
         self._all_addresses = dict(addresses)
         self._secret = secret
         self.timeout = timeout
@@ -347,8 +348,14 @@ class Client:
         return future.get(timeout=limit + REPLY_MARGIN if limit else DEFAULT_WAIT)
 
     def _send(self, make: Any, *args: Any) -> Future:
-        names = list(self.addresses)
+        names = self._names
         start = next(self._rr)
+        conn = self._connections.get(names[start % len(names)])
+        if conn is not None:                         # the common case: that node's connection is open
+            try:
+                return conn.request(make, *args)
+            except ConnectionError_:
+                pass
         errors: list[str] = []
         for i in range(len(names)):
             name = names[(start + i) % len(names)]

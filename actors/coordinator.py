@@ -99,7 +99,6 @@ class GetRequest:
     tally: ReadTally
     deadline: float
     state: str = "waiting_answers"
-    hints: dict[str, str | None] = field(default_factory=dict)
     bucket_type: str = "siblings"
     min_context: tuple | None = None
     retry_at: float | None = None
@@ -442,7 +441,7 @@ class CoordinatorActor(Actor):
         req_id = next(self._ids)
         now = self.clock()
         request = GetRequest(message.req_id, message.reply_to, key, targets, tally, now + timeout,
-                             hints=dict(targets), bucket_type=props.type, min_context=min_context, started=now)
+                             bucket_type=props.type, min_context=min_context, started=now)
         self.requests[req_id] = request
         order = self._read_order([node for node, _ in targets])
         if r < len(order) and self._random.random() >= self.settings.read_repair_chance:
@@ -504,7 +503,13 @@ class CoordinatorActor(Actor):
         self._read_deviation += 0.25 * (abs(error) - self._read_deviation)
 
     def _on_answer(self, req_id: int, request: GetRequest, message: ReplicaGetReply) -> None:
-        request.tally.add_answer(message.node, message.obj)
+        try:
+            request.tally.add_answer(message.node, message.obj)
+        except Exception as exc:              # a malformed record counts as no answer
+            log.warning("coordinator %s: unreadable answer from %s for %r: %s", self.name, message.node,
+                        request.key, exc)
+            self._on_unreachable(req_id, request, message.node)
+            return
         if message.node != self.name:
             self._note_latency(message.node, request)
         if request.state == "waiting_answers" and request.tally.enough:
@@ -541,8 +546,9 @@ class CoordinatorActor(Actor):
         if not behind:
             return
         merged = request.tally.merged()
+        hints = dict(request.targets)
         for node in behind:
-            self.send(node, ReplicaPut(req_id, self.name, request.key, merged, request.hints.get(node), want_ack=False))
+            self.send(node, ReplicaPut(req_id, self.name, request.key, merged, hints.get(node), want_ack=False))
         self.stats.incr("read_repairs", len(behind))
 
     # --- time --------------------------------------------------------------------------

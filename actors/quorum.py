@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage import objects
+from storage.codec import decode_object
 
 from .errors import QuorumValueError
 
@@ -80,16 +81,34 @@ class WriteTally:
 
 @dataclass(slots=True)
 class ReadTally:
-    """Answers of one read: ``enough`` at R answers; the merged object; who is behind (read repair)."""
+    """Answers of one read: ``enough`` at R answers; the merged object; who is behind (read repair).
+
+    A replica answers with its stored record (bytes) or, for a write not yet committed, the
+    object. Records are decoded here, and a record equal to the first one is not decoded
+    again; while every answer is the same, the merge is that answer and nobody is behind.
+    """
 
     needed: int
     targets: tuple[str, ...]
-    answers: dict[str, Any] = field(default_factory=dict)   # node -> DVVSet | None
+    answers: dict[str, Any] = field(default_factory=dict)   # node -> DVVSet | Crdt | None
     failed: list[str] = field(default_factory=list)
+    same: bool = True                                        # every answer so far equal to the first
+    _first: Any = None                                       # the first answer as it came
+    _first_value: Any = None                                 # ... and decoded
 
     def add_answer(self, node: str, obj: Any) -> None:
-        if node not in self.answers and node not in self.failed:
-            self.answers[node] = obj
+        """Count ``node``'s answer; raises ``CodecError`` (counting nothing) for a malformed record."""
+        if node in self.answers or node in self.failed:
+            return
+        if not self.answers:
+            value = decode_object(obj) if type(obj) is bytes else obj
+            self._first, self._first_value = obj, value
+        elif self.same and obj == self._first:
+            value = self._first_value
+        else:
+            value = decode_object(obj) if type(obj) is bytes else obj
+            self.same = False
+        self.answers[node] = value
 
     def add_failure(self, node: str) -> None:
         if node not in self.answers and node not in self.failed:
@@ -108,10 +127,14 @@ class ReadTally:
         return len(self.answers) + len(self.failed) >= len(self.targets)
 
     def merged(self) -> Any:
+        if self.same:
+            return self._first_value
         return objects.merge_all(self.answers.values())
 
     def behind(self) -> list[str]:
         """Replicas whose answer lacks something the merged object has: they need read repair."""
+        if self.same:
+            return []
         merged = self.merged()
         if merged is None:
             return []

@@ -28,6 +28,7 @@ from storage import crdts, objects, versions
 from storage.crdts import Crdt
 from storage.hlc import HybridClock, Timestamp
 from storage import merkle
+from storage.codec import decode_object
 from storage.merkle import SEGMENTS, MerkleTree
 from storage.objects import Obj
 from storage.store import Store, StoreFull
@@ -130,7 +131,7 @@ class ReplicaActor(Actor):
         self._pending_hints: list[tuple[str, str, Obj]] = []
         self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
-        self._durable: dict[str, Obj | None] = {}   # store reads prefetched for the batch at hand
+        self._records: dict[str, bytes | None] = {}  # stored records prefetched for the batch at hand
         self._dirty: dict[int, dict[str, int]] = {}  # partition -> committed keys not yet in the tree (key hash)
         self._unsorted: dict[str, None] = {}         # committed keys not yet hashed into ``_dirty``
 
@@ -159,7 +160,7 @@ class ReplicaActor(Actor):
                 self._handle(item)
             except Exception:  # one bad message must not stop the replica
                 log.exception("replica %s failed on %s", self.name, type(item).__name__)
-        self._durable = {}
+        self._records = {}
         self._outbox.flush_unless_busy(self.actor_inbox)
 
     def _prefetch(self, items: Any) -> None:
@@ -168,7 +169,7 @@ class ReplicaActor(Actor):
         try:
             keys = {m.key for m in items if type(m) in _KEYED and m.key not in pending}
             if len(keys) > 1:
-                self._durable = self.store.get_many(keys)
+                self._records = self.store.get_records(keys)
         except Exception:  # a bad key fails its own message below, not the whole batch
             log.debug("replica %s: batch read failed; reading key by key", self.name, exc_info=True)
 
@@ -181,7 +182,7 @@ class ReplicaActor(Actor):
         elif isinstance(message, CoordinatePut):
             self._coordinate_put(message)
         elif isinstance(message, ReplicaGet):
-            self.send(message.coordinator, ReplicaGetReply(message.req_id, self.name, self._current(message.key)))
+            self.send(message.coordinator, ReplicaGetReply(message.req_id, self.name, self._answer(message.key)))
         elif isinstance(message, Flush):
             self._flush()
         elif isinstance(message, PutMany):
@@ -214,8 +215,20 @@ class ReplicaActor(Actor):
         obj = self._pending.get(key)
         if obj is not None:
             return obj
-        durable = self._durable
-        return durable[key] if key in durable else self.store.get(key)
+        records = self._records
+        if key in records:
+            record = records[key]
+            return None if record is None else decode_object(record)
+        return self.store.get(key)
+
+    def _answer(self, key: str) -> Obj | bytes | None:
+        """What a read gets: the staged object, else the stored record as it is (the coordinator
+        decodes it, once for all the replicas that answered the same bytes)."""
+        obj = self._pending.get(key)
+        if obj is not None:
+            return obj
+        records = self._records
+        return records[key] if key in records else self.store.get_records((key,))[key]
 
     def _coordinate_put(self, message: CoordinatePut) -> None:
         try:
@@ -269,7 +282,7 @@ class ReplicaActor(Actor):
 
     def _flush(self) -> None:
         self._flush_told = False
-        self._durable = {}                        # the commit below changes what is stored
+        self._records = {}                        # the commit below changes what is stored
         objects, hints, acks = self._pending, self._pending_hints, self._acks
         self._pending, self._pending_hints, self._acks = {}, [], []
         if objects or hints:
@@ -405,7 +418,7 @@ class ReplicaActor(Actor):
                   if (current := self.store.get(key)) is not None and objects.equal(current, obj)]
         if not doomed:
             return
-        self._durable = {}
+        self._records = {}
         self.store.apply(deletes=doomed)
         partition_of = self.membership.ring.partition_of
         for key in doomed:

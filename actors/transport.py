@@ -101,6 +101,10 @@ class Connection:
         if messages:
             self._send(encode_many(messages))
 
+    def send_data(self, data: bytes) -> None:
+        """Send a frame already encoded (``wire.encode``)."""
+        self._send(data)
+
     def _send(self, data: bytes) -> None:
         channel = self._channel
         if channel is not None:

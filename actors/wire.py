@@ -116,7 +116,7 @@ _CODE = {cls: (code, fields) for code, (cls, fields) in enumerate(_FAST)}
 
 
 def _flat(value: Any) -> Any:
-    if value is None:
+    if value is None or type(value) is bytes:       # bytes: a stored record, as a replica read it
         return value
     if type(value) is tuple:
         if value and type(value[0]) is str and len(value[0]) == 1:
@@ -132,8 +132,8 @@ def _flat(value: Any) -> Any:
 
 
 def _unflat(value: Any) -> Any:
-    if value is None or not value or type(value[0]) is not str or len(value[0]) != 1:
-        return value                              # None, or a context: a tuple of pairs
+    if value is None or not value or type(value) is bytes or type(value[0]) is not str or len(value[0]) != 1:
+        return value                              # None, a stored record, or a context: a tuple of pairs
     tag = value[0]
     if tag == "D":
         return DVVSet(value[1], value[2])
@@ -172,9 +172,18 @@ def _wire_form(message: Any) -> Any:
     return message if fast is None else fast
 
 
+_REQUESTS = {cls: _CODE[cls][0] for cls in (ClientPut, ClientGet, ClientUpdate)}
+_pack = HEADER.pack
+_dumps = pickle.dumps
+
+
 def encode(message: Any) -> bytes:
-    payload = pickle.dumps(_wire_form(message), protocol=5)
-    return HEADER.pack(len(payload)) + payload
+    code = _REQUESTS.get(type(message))
+    if code is not None:                          # a client request: no objects to flatten, reply_to unsent
+        payload = _dumps((code, *message[:-1], None), protocol=5)
+    else:
+        payload = _dumps(_wire_form(message), protocol=5)
+    return _pack(len(payload)) + payload
 
 
 def encode_many(messages: list[Any]) -> bytes:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .drivers import make_driver
 from .histogram import LatencyHistogram
-from .workload import WORKLOADS, key_chooser, key_name
+from .workload import WORKLOADS, key_chooser, key_name, key_names
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def run_load(driver: Any, spec: dict[str, Any], conn: Connection | None, start_w
     inflight = spec["inflight"]
     submit, wait = driver.submit, driver.wait
     clock = time.perf_counter
+    name_of = key_names(spec["keys"])
 
     t_go = clock() + (start_wall - time.time())
     t_measure = t_go + warmup_s
@@ -164,7 +165,7 @@ def run_load(driver: Any, spec: dict[str, Any], conn: Connection | None, start_w
         if now < t_end and not stopped:
             while len(pending) < inflight:
                 op = choose_op(rng)
-                key = key_name(choose_key())
+                key = name_of(choose_key())
                 start = clock()
                 handle = submit(op, key, value)
                 pending[id(handle)] = (handle, op, start)

@@ -83,6 +83,9 @@ class Store(Protocol):
     def get_many(self, keys: Iterable[str]) -> dict[str, Obj | None]:
         """The objects under `keys`, read in one snapshot."""
 
+    def get_records(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """The encoded records under `keys` (``codec.decode_object`` reads them), in one snapshot."""
+
     def reader(self) -> AbstractContextManager[Callable[[str], Obj | None]]:
         """A context giving a `get` that reads one snapshot for its whole block (one thread, briefly):
         ``with store.reader() as get: a, b = get(k1), get(k2)``; cheaper per key than `get`."""
@@ -247,11 +250,14 @@ class LmdbStore:
         return None if record is None else decode_object(record)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Obj | None]:
+        return {key: None if record is None else decode_object(record)
+                for key, record in self.get_records(keys).items()}
+
+    def get_records(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         wanted = [(key, _key_bytes(key)) for key in keys]
         with self._environment().begin(db=self._objects) as txn:
             get = txn.get
-            raw = [(key, get(data)) for key, data in wanted]
-        return {key: None if record is None else decode_object(record) for key, record in raw}
+            return {key: get(data) for key, data in wanted}
 
     @contextmanager
     def reader(self) -> Iterator[Callable[[str], Obj | None]]:
@@ -382,11 +388,14 @@ class MemoryStore:
         return None if record is None else decode_object(record)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Obj | None]:
+        return {key: None if record is None else decode_object(record)
+                for key, record in self.get_records(keys).items()}
+
+    def get_records(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         wanted = [_valid(key) for key in keys]
         with self._lock:
             self._check_open()
-            raw = [(key, self._objects.get(key)) for key in wanted]
-        return {key: None if record is None else decode_object(record) for key, record in raw}
+            return {key: self._objects.get(key) for key in wanted}
 
     @contextmanager
     def reader(self) -> Iterator[Callable[[str], Obj | None]]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from actors.membership import Membership
+from storage.codec import decode_object
 from actors.messages import Ack, Acks, Batch, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest
 from actors.replica import ReplicaActor
 from actors.ring import Ring
@@ -35,10 +36,11 @@ def replica() -> Iterator[tuple[Any, MemoryStore, "queue.Queue[tuple[str, Any]]"
 
 
 def answer_to(sent: "queue.Queue[tuple[str, Any]]", req_id: int) -> Any:
+    """The object a read got (a stored record travels encoded; decoded here, as the coordinator does)."""
     while True:
         _, message = sent.get(timeout=WAIT)
         if isinstance(message, ReplicaGetReply) and message.req_id == req_id:
-            return message.obj
+            return decode_object(message.obj) if type(message.obj) is bytes else message.obj
 
 
 def test_a_get_in_the_same_batch_as_a_put_of_its_key_sees_the_put(replica: Any) -> None:
