@@ -453,3 +453,18 @@ def test_a_put_refused_by_full_stores_fails_with_the_same_error_whatever_order_t
 
     assert type(error_when_n1_answers_first) is type(error_when_n1_answers_last) is StorageFull, (
         error_when_n1_answers_first, error_when_n1_answers_last)
+
+
+def test_an_unreadable_record_in_a_read_answer_counts_as_no_answer(cluster: FakeCluster) -> None:
+    key = cluster.key_led_by("n1")
+    first, second, third = cluster.primaries(key)
+    cluster.put(key, b"v", w=3).ok()
+    cluster.net.hold(lambda s: isinstance(s.message, ReplicaGetReply) and s.src == first)
+    pending = cluster.get(key, r=2)
+    [ask] = cluster.net.wait_sent(ReplicaGet, dest=first)
+
+    cluster.coordinator.tell(ReplicaGetReply(ask.message.req_id, first, b"\x01not a record"))
+
+    assert pending.ok().values == [b"v"]
+    assert sorted(s.dest for s in cluster.net.sent(ReplicaGet)) == sorted([first, second, third])
+    cluster.net.release()
