@@ -41,6 +41,7 @@ class ClusterConfig:
     aae_interval: float = 1.0         # one anti-entropy exchange (one partition, one peer) per interval
     tombstone_grace: float = 4 * 3600.0   # must exceed hint_window and the longest outage (gc_grace)
     reap_interval: float = 5.0
+    read_repair_chance: float = 0.1   # share of reads (r < n) that ask every replica, not the fastest r
     extra: dict[str, Any] = field(default_factory=dict)
 
     def initial_ring_nodes(self) -> list[str]:
@@ -56,6 +57,9 @@ class ClusterConfig:
         from .quorum import resolve
         resolve("r", self.r, self.r, self.n)
         resolve("w", self.w, self.w, self.n)
+        if isinstance(self.read_repair_chance, bool) or not isinstance(self.read_repair_chance, (int, float)) \
+                or not 0.0 <= self.read_repair_chance <= 1.0:
+            raise InvalidRequest(f"read_repair_chance={self.read_repair_chance!r} must be a number in [0, 1]")
         if self.tombstone_grace < self.hint_window:
             raise InvalidRequest(f"tombstone_grace ({self.tombstone_grace}s) must be at least hint_window "
                                  f"({self.hint_window}s), or a late hint could bring deleted data back")

@@ -89,7 +89,8 @@ class Node:
             defaults=(config.n, config.r, config.w), heard_from=self.transport.heard_from)
         self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership, hlc=self.hlc,
                                           send_batch=self.transport.send_batch)
-        settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout)
+        settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout,
+                            read_repair_chance=config.read_repair_chance)
         self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
                                                   send_batch=self.transport.send_batch)
         self.repairer = RepairerActor.start(

@@ -234,3 +234,29 @@ def test_a_replica_that_missed_writes_with_no_fallback_gets_them_from_the_coordi
     wait_for(lambda: all(cluster.inspect("n3", key) is not None for key in early + late), 30, "n3 caught up")
     wait_for(lambda: totals(cluster, "hints_pending") == 0, 30, "hints delivered")
     assert totals(cluster, "aae_keys_repaired") == 0
+
+
+def test_with_read_repair_chance_one_every_read_asks_every_replica_and_repairs_a_wiped_one(make_cluster) -> None:
+    cluster = make_cluster(nodes=3, read_repair_chance=1.0, aae_interval=3600.0, hint_interval=3600.0)
+    keys = [f"rr{i}" for i in range(200)]
+    write_all(cluster, keys, w=3)
+    cluster.wipe("n3")
+    client = cluster.client(nodes=["n1", "n2"])
+
+    def read_all_then_count() -> bool:
+        futures = {key: client.get_async(key, r=2) for key in keys}
+        assert all(future.get(timeout=30).values == [key.encode()] for key, future in futures.items())
+        return cluster.status()["n3"]["keys"] == len(keys)
+
+    try:                       # the first reads may find n3 not yet listening again: read until repaired
+        wait_for(read_all_then_count, 20, "n3 repaired by reads alone", interval=0.2)
+    finally:
+        client.close()
+    # (one anti-entropy exchange may run at start; the reads did the rest)
+    assert totals(cluster, "read_repairs") + totals(cluster, "aae_keys_repaired") >= len(keys)
+
+
+@pytest.mark.parametrize("chance", [-0.1, 1.5, "often", True])
+def test_a_read_repair_chance_outside_zero_to_one_is_refused(tmp_path, chance) -> None:
+    with pytest.raises(LeaderlessError, match="read_repair_chance"):
+        LocalCluster(nodes=3, data_dir=tmp_path, read_repair_chance=chance)
