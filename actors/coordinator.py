@@ -8,8 +8,10 @@ a future.
 Put:  prepare -> waiting_built (the coordinating replica folds the value into a new
       dot) -> waiting_acks (the built object goes to the other N-1 replicas; answer at
       W durable acks) -> answered (late acks counted, not waited for).
-Get:  waiting_answers (all N asked; answer at R, merged) -> waiting_read_repair (the
-      rest of the replies, then the replicas that were behind get the merged object).
+Get:  waiting_answers (R replicas asked: this node first, then the fastest lately; one
+      more when an asked one is unreachable or slow; all N at ``read_repair_chance``;
+      answer at R, merged) -> waiting_read_repair (the rest of the replies asked for, then
+      the replicas that were behind get the merged object).
 """
 
 from __future__ import annotations

@@ -236,10 +236,11 @@ class ReplicaGet(NamedTuple):
 
 
 class ReplicaGetReply(NamedTuple):
-    """A replica's stored object (``None`` when absent)."""
+    """A replica's answer to a read: its stored record as LMDB holds it (bytes, decoded by the
+    coordinator), the object of a write not yet committed, or ``None`` when absent."""
     req_id: int
     node: str
-    obj: Obj | None
+    obj: Obj | bytes | None
 
 
 class Gossip(NamedTuple):
