@@ -82,30 +82,29 @@ class Connection:
 
     def start(self, reader: FrameReader, pending: list[Any]) -> None:
         """Deliver what came with the hello, then hand the socket to the loop (returns at once)."""
+        if self._closed:                        # closed before it started: the socket is gone
+            return
         self._reader = reader
         if pending:
             self._on_frames(self, pending)
+            if self._closed:                    # something in them closed the connection
+                return
         channel = self._channel = self._loop.channel(self.sock, self._on_data, self._on_channel_close,
                                                      f"{self.kind} {self.name}")
         for data in self._early:
             channel.send(data)
         self._early = []
-        if self._closed:
-            channel.close()
 
     def send(self, message: Any) -> None:
-        self._send(encode(message))
+        self.send_data(encode(message))
 
     def send_many(self, messages: list[Any]) -> None:
         """Several messages in one frame."""
         if messages:
-            self._send(encode_many(messages))
+            self.send_data(encode_many(messages))
 
     def send_data(self, data: bytes) -> None:
-        """Send a frame already encoded (``wire.encode``)."""
-        self._send(data)
-
-    def _send(self, data: bytes) -> None:
+        """Send a frame already encoded (``wire.encode``); before ``start``, it waits for it."""
         channel = self._channel
         if channel is not None:
             channel.send(data)

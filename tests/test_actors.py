@@ -48,6 +48,13 @@ def holds(*expected: bytes) -> Callable[[DVVSet | None], bool]:
     return lambda obj: sorted(versions.values(obj)) == sorted(expected)
 
 
+def stored_on_all_three(cluster: FakeCluster, value: bytes) -> tuple[str, list[str]]:
+    """A key led by n1, written with w=3, and its primaries in preference order."""
+    key = cluster.key_led_by("n1")
+    cluster.put(key, value, w=3).ok()
+    return key, cluster.primaries(key)
+
+
 def is_tombstone(obj: DVVSet | None) -> bool:
     """A store condition: the object is a tombstone, as ``inspect`` reports it."""
     view = local_object(obj)
@@ -239,9 +246,7 @@ def test_a_get_at_r2_asks_two_replicas_and_repairs_a_stale_one_among_them(cluste
 
 
 def test_a_get_asks_a_skipped_replica_at_once_when_an_asked_one_is_unreachable(cluster: FakeCluster) -> None:
-    key = cluster.key_led_by("n1")
-    first, second, third = cluster.primaries(key)
-    cluster.put(key, b"v", w=3).ok()
+    key, (first, second, third) = stored_on_all_three(cluster, b"v")
     cluster.net.on_drop = cluster.net.report_unreachable
     cluster.net.partition(first)
 
@@ -251,9 +256,7 @@ def test_a_get_asks_a_skipped_replica_at_once_when_an_asked_one_is_unreachable(c
 
 
 def test_a_get_whose_replica_is_slow_asks_a_skipped_one_after_the_speculation_delay(cluster: FakeCluster) -> None:
-    key = cluster.key_led_by("n1")
-    first, second, third = cluster.primaries(key)
-    cluster.put(key, b"v", w=3).ok()
+    key, (first, second, third) = stored_on_all_three(cluster, b"v")
     cluster.net.hold(lambda s: isinstance(s.message, ReplicaGet) and s.dest == second)
     pending = cluster.get(key, r=2)
     cluster.net.wait_sent(ReplicaGet, dest=first)
@@ -268,9 +271,7 @@ def test_a_get_whose_replica_is_slow_asks_a_skipped_one_after_the_speculation_de
 
 
 def test_reads_prefer_the_replica_that_answered_faster(cluster: FakeCluster) -> None:
-    key = cluster.key_led_by("n1")
-    first, second, third = cluster.primaries(key)
-    cluster.put(key, b"v", w=3).ok()
+    key, (first, second, third) = stored_on_all_three(cluster, b"v")
     slow = first
     cluster.net.hold(lambda s: isinstance(s.message, ReplicaGet) and s.dest == slow)
     pending = cluster.get(key, r=2)
@@ -456,9 +457,7 @@ def test_a_put_refused_by_full_stores_fails_with_the_same_error_whatever_order_t
 
 
 def test_an_unreadable_record_in_a_read_answer_counts_as_no_answer(cluster: FakeCluster) -> None:
-    key = cluster.key_led_by("n1")
-    first, second, third = cluster.primaries(key)
-    cluster.put(key, b"v", w=3).ok()
+    key, (first, second, third) = stored_on_all_three(cluster, b"v")
     cluster.net.hold(lambda s: isinstance(s.message, ReplicaGetReply) and s.src == first)
     pending = cluster.get(key, r=2)
     [ask] = cluster.net.wait_sent(ReplicaGet, dest=first)
