@@ -1,7 +1,7 @@
 """The ``leaderless bench`` command (also ``python -m bench``, ``python -m bench.compare``, ``python -m bench.gray``).
 
     leaderless bench --nodes 3 --workload w --time 10 [--json] [--out ./bench-results]
-    leaderless bench --compare [--workloads w,c] [--peers etcd,pysyncobj,toy]
+    leaderless bench --compare [--workloads w,c] [--peers etcd,pysyncobj,toy] [--rounds 3]
     leaderless bench --gray [--slow-ms 50]
 
 Bad options exit with code 2 and one line on stderr; a run that cannot start (a peer
@@ -77,6 +77,9 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--workloads", default="w,c", show_default=True, help="With --compare: workloads to run."),
         click.option("--peers", default="etcd,pysyncobj,toy", show_default=True,
                      help="With --compare: peers to run (each skipped with a message when not installed)."),
+        click.option("--rounds", default=1, show_default=True, type=int,
+                     help="With --compare: run every system this many times, alternating the order, and give "
+                          "the median of the ratios taken inside each round (3 or more on a busy machine)."),
         click.option("--gray", is_flag=True, help="p99 with one node slowed over p99 healthy, reads and writes."),
         click.option("--slow-ms", default=50.0, show_default=True, type=float, help="With --gray: the delay."),
     ]
@@ -108,9 +111,10 @@ def run(mode: str | None = None, **options: Any) -> None:
     try:
         config = make_config(options, mode)
         if mode == "compare":
-            from .compare import check_peers, check_workloads
+            from .compare import check_peers, check_rounds, check_workloads
             workloads = check_workloads(options["workloads"])
             peers = check_peers(options["peers"])
+            rounds = check_rounds(options["rounds"])
         if mode == "gray":
             from .gray import check_gray
             check_gray(config, options["slow_ms"])
@@ -128,7 +132,7 @@ def run(mode: str | None = None, **options: Any) -> None:
         with ProgressBar(enabled=not as_json) as progress:
             if mode == "compare":
                 from .compare import print_compare, run_compare, save_compare
-                report = run_compare(config, workloads=workloads, peers=peers, progress=progress,
+                report = run_compare(config, workloads=workloads, peers=peers, progress=progress, rounds=rounds,
                                      say=lambda line: err.print(line, markup=False, soft_wrap=True))
                 files = save_compare(report, options["out_dir"])
                 show = print_compare

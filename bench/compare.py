@@ -1,12 +1,17 @@
 """Peers side by side, in one run: leaderless against etcd, pysyncobj and the toy ceiling.
 
-    python -m bench.compare [--workloads w,c] [--peers etcd,pysyncobj,toy] [--time 10] [--json]
+    python -m bench.compare [--workloads w,c] [--peers etcd,pysyncobj,toy] [--time 10] [--rounds 3] [--json]
     leaderless bench --compare ...                     # the same
 
 Each system gets the same workloads, keys, value size, client processes and requests in
 flight, one after the other on this machine; the table gives absolute numbers and the
 ratios ours / peer, which drift much less between runs than the absolute numbers do on
 a shared machine. A peer that is not installed is skipped with a message.
+
+Even the ratios move when the machine's speed changes between one system's run and the
+next (by a third within minutes here). ``--rounds K`` runs every system K times, in
+alternating order (ABBA, so a steady drift favours no one), takes each ratio inside its
+round and reports the median round's ratio with the lowest and highest beside it.
 
 - **etcd** (3 members from the Debian package, started here on free loopback ports):
   driven through its HTTP/JSON gateway with one keep-alive ``http.client`` connection
@@ -56,43 +61,88 @@ def check_peers(text: str) -> tuple[str, ...]:
     return names
 
 
+def check_rounds(rounds: int) -> int:
+    if not 1 <= rounds <= 20:
+        raise OptionError("rounds", f"--rounds {rounds} must lie between 1 and 20")
+    return rounds
+
+
 def run_compare(config: BenchConfig, workloads: tuple[str, ...] = ("w", "c"), peers: tuple[str, ...] = PEERS,
-                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every system, every workload; returns ``{"systems": {system: {workload: report | {"skipped": why}}},
-    "ratios": {peer: {workload: {"throughput": ours/peer, "p99": ours/peer}}}, ...}``."""
-    systems: dict[str, dict[str, Any]] = {"leaderless": _leaderless(config, workloads, progress)}
-    for peer in peers:
-        try:
-            if peer == "etcd":
-                systems[peer] = _etcd(config, workloads, progress)
-            elif peer == "pysyncobj":
-                systems[peer] = _pysyncobj(config, workloads, progress)
-            elif peer == "toy":
-                systems[peer] = _toy(config, workloads, progress)
-        except PeerUnavailable as exc:
-            say(f"skipping {peer}: {exc}")
-            systems[peer] = {w: {"skipped": str(exc)} for w in workloads}
-    ratios: dict[str, dict[str, Any]] = {}
-    ours = systems["leaderless"]
-    for peer in peers:
-        ratios[peer] = {}
-        for w in workloads:
-            theirs = systems[peer].get(w, {})
-            if "throughput" not in theirs or not theirs["throughput"]:
-                ratios[peer][w] = None
+                progress: Progress | None = None, say: Callable[[str], None] = print,
+                rounds: int = 1) -> dict[str, Any]:
+    """Every system, every workload, ``rounds`` times; returns ``{"systems": {system: {workload: report |
+    {"skipped": why}}}, "ratios": {peer: {workload: {"throughput": ours/peer, "write_p99": ..., ...}}}, ...}``.
+
+    With several rounds, every round runs every system (in reverse order every other round, so
+    a machine that speeds up or slows down during the run favours no one); a ratio is taken
+    inside each round and the report gives the median round's ratio with every round's in
+    ``throughput_rounds``, and for each system the run of median throughput.
+    """
+    order = ("leaderless", *peers)
+    skipped: dict[str, str] = {}
+    runs: list[dict[str, dict[str, Any]]] = []
+    for number in range(rounds):
+        systems: dict[str, dict[str, Any]] = {}
+        for system in (order if number % 2 == 0 else tuple(reversed(order))):
+            if system in skipped:
+                systems[system] = {w: {"skipped": skipped[system]} for w in workloads}
                 continue
-            ratio: dict[str, float | None] = {"throughput": round(ours[w]["throughput"] / theirs["throughput"], 3)}
-            for op in ("write", "read"):
-                a = ours[w]["latency_ms"].get(op, {}).get("p99")
-                b = theirs["latency_ms"].get(op, {}).get("p99")
-                if a and b:
-                    ratio[f"{op}_p99"] = round(a / b, 3)
-            ratios[peer][w] = ratio
-    return {"benchmark": "compare", "workloads": list(workloads), "peers": list(peers), "systems": systems,
-            "ratios": ratios, "config": config.as_dict(), "machine": machine()}
+            label = system if rounds == 1 else f"{system} (round {number + 1}/{rounds})"
+            try:
+                systems[system] = _RUNNERS[system](config, workloads, progress, label)
+            except PeerUnavailable as exc:
+                say(f"skipping {system}: {exc}")
+                skipped[system] = str(exc)
+                systems[system] = {w: {"skipped": str(exc)} for w in workloads}
+        runs.append({system: systems[system] for system in order})
+    ratios: dict[str, dict[str, Any]] = {}
+    for peer in peers:
+        ratios[peer] = {w: _median_ratio([_ratio(run["leaderless"][w], run[peer][w]) for run in runs])
+                        for w in workloads}
+    report: dict[str, Any] = {"benchmark": "compare", "workloads": list(workloads), "peers": list(peers),
+                              "rounds": rounds, "systems": {system: {w: _median_run([run[system][w] for run in runs])
+                                                                     for w in workloads} for system in order},
+                              "ratios": ratios, "config": config.as_dict(), "machine": machine()}
+    if rounds > 1:
+        report["throughput_rounds"] = {system: {w: [run[system][w].get("throughput") for run in runs]
+                                                for w in workloads} for system in order}
+    return report
 
 
-def _leaderless(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None) -> dict[str, Any]:
+def _ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float] | None:
+    """ours / peer for throughput and each p99, from one round; None when the peer did not run it."""
+    if not theirs.get("throughput") or not ours.get("throughput"):
+        return None
+    ratio = {"throughput": round(ours["throughput"] / theirs["throughput"], 3)}
+    for op in ("write", "read"):
+        a = ours["latency_ms"].get(op, {}).get("p99")
+        b = theirs["latency_ms"].get(op, {}).get("p99")
+        if a and b:
+            ratio[f"{op}_p99"] = round(a / b, 3)
+    return ratio
+
+
+def _median_ratio(rounds: list[dict[str, float] | None]) -> dict[str, Any] | None:
+    """The ratio of the round whose throughput ratio is the median (the lower one of an even count),
+    with every round's throughput ratio beside it."""
+    taken = [r for r in rounds if r is not None]
+    if not taken:
+        return None
+    chosen = dict(sorted(taken, key=lambda r: r["throughput"])[(len(taken) - 1) // 2])
+    if len(rounds) > 1:
+        chosen["throughput_rounds"] = [r["throughput"] for r in taken]
+    return chosen
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    measured = [run for run in runs if "throughput" in run]
+    if not measured:
+        return runs[0]
+    return sorted(measured, key=lambda run: run["throughput"])[(len(measured) - 1) // 2]
+
+
+def _leaderless(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None,
+                label: str = "leaderless") -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="leaderless-compare-") as data_dir:
         cluster = start_cluster(config, data_dir)
@@ -101,7 +151,7 @@ def _leaderless(config: BenchConfig, workloads: tuple[str, ...], progress: Progr
             for w in workloads:
                 load = WORKLOADS[w].load_first and not loaded
                 out[w] = run_on_cluster(cluster, config.replace(workload=w), load=load, progress=progress,
-                                        phase=f"leaderless {w.upper()}")
+                                        phase=f"{label} {w.upper()}")
                 loaded = loaded or load
         finally:
             cluster.stop()
@@ -109,10 +159,10 @@ def _leaderless(config: BenchConfig, workloads: tuple[str, ...], progress: Progr
 
 
 def _peer_run(system: str, config: BenchConfig, specs: list[dict[str, Any]], pids: dict[str, int],
-              progress: Progress | None) -> dict[str, Any]:
+              progress: Progress | None, label: str) -> dict[str, Any]:
     sampler = CpuSampler(pids)
     infos, results = run_workers(specs, config.warmup_s, config.time_s, progress=progress,
-                                 phase=f"{system} {config.workload.upper()}",
+                                 phase=f"{label} {config.workload.upper()}",
                                  on_window=lambda edge: _sample(sampler, edge))
     report: dict[str, Any] = {"system": system, "workload": config.workload}
     report.update(merge_results(results, config.time_s, WORKLOADS[config.workload].ops))
@@ -133,7 +183,8 @@ def _sample(sampler: CpuSampler, edge: str) -> None:
         sampler.stop()
 
 
-def _etcd(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None) -> dict[str, Any]:
+def _etcd(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None,
+          label: str = "etcd") -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="leaderless-etcd-") as tmp, EtcdCluster(tmp) as etcd:
         loaded = False
@@ -144,13 +195,14 @@ def _etcd(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | 
             specs = client_specs(cfg, target, load=load)
             for spec in specs:
                 spec["target"]["offset"] = spec["index"]
-            out[w] = _peer_run("etcd", cfg, specs, etcd.pids, progress)
+            out[w] = _peer_run("etcd", cfg, specs, etcd.pids, progress, label)
             out[w]["client"] = "HTTP/JSON gateway, http.client keep-alive, one connection per thread"
             loaded = loaded or load
     return out
 
 
-def _pysyncobj(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None) -> dict[str, Any]:
+def _pysyncobj(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None,
+               label: str = "pysyncobj") -> dict[str, Any]:
     if importlib.util.find_spec("pysyncobj") is None:
         raise PeerUnavailable("pysyncobj is not installed (pip install leaderless[bench])")
     out: dict[str, Any] = {}
@@ -166,12 +218,13 @@ def _pysyncobj(config: BenchConfig, workloads: tuple[str, ...], progress: Progre
                 spec["target"] = {"kind": "pysyncobj", "self": addresses[i],
                                   "partners": [a for a in addresses if a != addresses[i]],
                                   "journal": f"{tmp}/journal-{i}"}
-            out[w] = _peer_run("pysyncobj", cfg, specs, {}, progress)
+            out[w] = _peer_run("pysyncobj", cfg, specs, {}, progress, label)
             out[w]["client"] = "in the members (ReplDict.set with a callback; get is a local read)"
     return out
 
 
-def _toy(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None) -> dict[str, Any]:
+def _toy(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | None,
+         label: str = "toy") -> dict[str, Any]:
     from .toy import run_toy
 
     out: dict[str, Any] = {}
@@ -180,10 +233,14 @@ def _toy(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | N
             out[w] = {"skipped": "the toy ceiling only writes"}
             continue
         if progress is not None:
-            progress(f"toy {w.upper()}", 0.0, 0.0, 0, 0)
+            progress(f"{label} {w.upper()}", 0.0, 0.0, 0, 0)
         out[w] = run_toy(time_s=config.time_s, warmup_s=config.warmup_s, window=config.clients * config.inflight,
                          value_size=config.value_size, keys=config.keys, seed=config.seed)
     return out
+
+
+_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"leaderless": _leaderless, "etcd": _etcd,
+                                                      "pysyncobj": _pysyncobj, "toy": _toy}
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -194,7 +251,9 @@ def compare_table(report: dict[str, Any]) -> Any:
 
     config = report["config"]
     table = Table(title=f"side by side: {config['clients']} clients x {config['inflight']} in flight, "
-                        f"{config['value_size']} B values, {config['time_s']:g}s per run", box=box.SIMPLE_HEAD,
+                        f"{config['value_size']} B values, {config['time_s']:g}s per run"
+                        + (f", median of {report['rounds']} rounds" if report.get("rounds", 1) > 1 else ""),
+                  box=box.SIMPLE_HEAD,
                   padding=(0, 1), pad_edge=False, collapse_padding=True)
     for column in ("load", "system", "ops/s", "p50 ms", "p99 ms", "err", "cpu cl", "cpu srv", "ours/peer"):
         table.add_column(column, justify="left" if column in ("load", "system") else "right", no_wrap=True)
@@ -213,8 +272,16 @@ def compare_table(report: dict[str, Any]) -> Any:
                               str(run["errors"]) if first else "",
                               f"{sum(run['client_cpu']):.2f}" if first else "",
                               f"{sum(run.get('server_cpu', {}).values()):.2f}" if first and run.get("server_cpu")
-                              else "", f"{ratio['throughput']:.2f}x" if first and ratio else "")
+                              else "", _ratio_text(ratio) if first and ratio else "")
     return table
+
+
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    text = f"{ratio['throughput']:.2f}x"
+    rounds = ratio.get("throughput_rounds")
+    if rounds:
+        text += f" ({min(rounds):.2f}-{max(rounds):.2f})"
+    return text
 
 
 def print_compare(report: dict[str, Any]) -> None:
@@ -227,7 +294,10 @@ def print_compare(report: dict[str, Any]) -> None:
             if "skipped" in run:
                 console.print(f"{system} {w.upper()} skipped: {run['skipped']}", markup=False,
                               soft_wrap=True)
-    console.print("ours/peer: leaderless ops/s over the peer's under the same load. cpu cl / cpu srv: CPU seconds "
+    rounds = report.get("rounds", 1)
+    console.print("ours/peer: leaderless ops/s over the peer's under the same load"
+                  + (f", taken inside each of {rounds} rounds: the median, (lowest-highest); each system's row is "
+                     "its median run" if rounds > 1 else "") + ". cpu cl / cpu srv: CPU seconds "
                   "per second summed over the client / server processes (1.0 = one core). pysyncobj's clients are "
                   "its members, and its reads are local (no quorum).", markup=False, soft_wrap=True)
     files = report.get("files", {})
@@ -250,13 +320,15 @@ def plot_compare(report: dict[str, Any], path: Any) -> None:
                 names.append(system)
                 values.append(run["throughput"])
         bars = ax.bar(names, values, color=["tab:blue" if n == "leaderless" else "tab:gray" for n in names])
-        ours = report["systems"]["leaderless"][w]["throughput"]
         for bar, value, name in zip(bars, values, names):
-            label = f"{value:,.0f}" + ("" if name == "leaderless" else f"\n{ours / value:.2f}x" if value else "")
+            ratio = report["ratios"].get(name, {}).get(w) if name != "leaderless" else None
+            label = f"{value:,.0f}" + (f"\n{ratio['throughput']:.2f}x" if ratio else "")
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
         ax.set_title(f"workload {w.upper()} ({WORKLOADS[w].description})")
         ax.set_ylabel("ops/s")
-    fig.suptitle("leaderless and peers, one run (label: ops/s, ours/peer)")
+    rounds = report.get("rounds", 1)
+    fig.suptitle("leaderless and peers, " + (f"median of {rounds} rounds" if rounds > 1 else "one run")
+                 + " (label: ops/s, ours/peer)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

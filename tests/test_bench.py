@@ -15,6 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from actors.cli import main
+from bench import compare
+from bench.config import BenchConfig
 from bench.etcd import EtcdCluster, PeerUnavailable
 from bench.histogram import LatencyHistogram, hdr_available
 from bench.toy import run_toy
@@ -49,7 +51,8 @@ def test_bench_json_prints_one_object_with_throughput_latency_errors_config_and_
 
 
 @pytest.mark.parametrize("args, option", [(["--workload", "x"], "--workload"), (["--nodes", "0"], "--nodes"),
-                                          (["--compare", "--peers", "nope"], "--peers")])
+                                          (["--compare", "--peers", "nope"], "--peers"),
+                                          (["--compare", "--rounds", "0"], "--rounds")])
 def test_bad_bench_options_exit_2_with_one_line(args: list[str], option: str) -> None:
     result = CliRunner().invoke(main, ["bench", *args])
     assert result.exit_code == 2
@@ -138,6 +141,61 @@ def test_the_toy_ceiling_runs_for_a_second_and_reports_writes() -> None:
     result = run_toy(time_s=1.0, warmup_s=0.2, window=64, keys=100)
     assert result["throughput"] > 0
     assert result["latency_ms"]["write"]["p99"] > 0
+
+
+def _fake_run(throughput: float) -> dict[str, Any]:
+    return {"throughput": throughput, "latency_ms": {"write": {"p99": 1000.0 / throughput}}}
+
+
+def test_compare_rounds_alternate_the_order_and_give_the_median_ratio_of_each_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The machine slows down as the rounds go: each system's throughput falls with every run
+    # started, so only ratios taken inside a round stay fair.
+    calls: list[str] = []
+    ours = iter([9000.0, 6000.0, 8000.0])
+    etcd = iter([3000.0, 3000.0, 2000.0])
+
+    def runner(system: str, speeds: Any) -> Any:
+        def run(config: BenchConfig, workloads: tuple[str, ...], progress: Any, label: str) -> dict[str, Any]:
+            calls.append(system)
+            if speeds is None:
+                raise PeerUnavailable("not here")
+            return {w: _fake_run(next(speeds)) for w in workloads}
+        return run
+
+    monkeypatch.setattr(compare, "_RUNNERS", {"leaderless": runner("leaderless", ours), "etcd": runner("etcd", etcd),
+                                              "toy": runner("toy", None)})
+    said: list[str] = []
+    report = compare.run_compare(BenchConfig(), workloads=("w",), peers=("etcd", "toy"), say=said.append, rounds=3)
+
+    assert calls == ["leaderless", "etcd", "toy", "etcd", "leaderless", "leaderless", "etcd"]   # toy tried once
+    assert said == ["skipping toy: not here"]
+    ratio = report["ratios"]["etcd"]["w"]
+    assert ratio["throughput_rounds"] == [3.0, 2.0, 4.0]
+    assert ratio["throughput"] == 3.0 and ratio["write_p99"] == round((1000 / 9000) / (1000 / 3000), 3)
+    assert report["ratios"]["toy"]["w"] is None
+    assert report["systems"]["leaderless"]["w"]["throughput"] == 8000.0     # each system's median run
+    assert report["systems"]["toy"]["w"] == {"skipped": "not here"}
+    assert report["throughput_rounds"]["leaderless"]["w"] == [9000.0, 6000.0, 8000.0]
+
+
+@pytest.mark.cluster
+def test_compare_with_rounds_runs_end_to_end_and_prints_the_ratio_range(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["bench", "--compare", "--peers", "toy", "--workloads", "w", "--rounds", "2",
+                                       "--time", "0.5", "--warmup", "0.2", "--keys", "200", "--clients", "1",
+                                       "--inflight", "4", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rounds"] == 2
+    assert len(report["throughput_rounds"]["leaderless"]["w"]) == 2 and report["systems"]["toy"]["w"]["throughput"]
+    ratio = report["ratios"]["toy"]["w"]
+    assert len(ratio["throughput_rounds"]) == 2 and ratio["throughput"] == min(ratio["throughput_rounds"])
+    table = compare.compare_table(report)
+    from rich.console import Console
+    console = Console(width=200, record=True)
+    console.print(table)
+    assert f"({min(ratio['throughput_rounds']):.2f}-{max(ratio['throughput_rounds']):.2f})" in console.export_text()
 
 
 def test_etcd_is_skipped_with_a_message_when_it_is_not_installed(monkeypatch: pytest.MonkeyPatch,
