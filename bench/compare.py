@@ -14,10 +14,12 @@ alternating order (ABBA, so a steady drift favours no one), takes each ratio ins
 round and reports the median round's ratio with the lowest and highest beside it.
 
 - **etcd** (3 members from the Debian package, started here on free loopback ports):
-  driven through its HTTP/JSON gateway with one keep-alive ``http.client`` connection
-  per client thread, ``inflight`` threads in each client process. (``etcdctl``, one
-  process per request, managed 47 puts/s here with 8 running at once; the gateway
-  some thousands: it is the faster way in from Python.)
+  driven through its HTTP/JSON gateway (``bench.etcd_client``): ``inflight`` keep-alive
+  connections per client process, one request outstanding on each, all served by one
+  selector loop, so etcd's client costs about what ours does per request. (``etcdctl``,
+  one process per request, managed 47 puts/s here with 8 running at once; a blocking
+  ``http.client`` connection per thread cost ten times our client's CPU per request and
+  held etcd to under half of what it does now.)
   Reads are linearizable (etcd's default). Writes are fsynced before the answer.
 - **pysyncobj** (3 processes, each a Raft member holding a ``ReplDict``): the members
   are the clients (pysyncobj has no client protocol), so their busy share includes
@@ -191,12 +193,12 @@ def _etcd(config: BenchConfig, workloads: tuple[str, ...], progress: Progress | 
         for w in workloads:
             cfg = config.replace(workload=w)
             load = WORKLOADS[w].load_first and not loaded
-            target = {"kind": "etcd", "endpoints": etcd.endpoints, "threads": cfg.inflight}
+            target = {"kind": "etcd", "endpoints": etcd.endpoints, "threads": cfg.inflight}   # connections
             specs = client_specs(cfg, target, load=load)
             for spec in specs:
                 spec["target"]["offset"] = spec["index"]
             out[w] = _peer_run("etcd", cfg, specs, etcd.pids, progress, label)
-            out[w]["client"] = "HTTP/JSON gateway, http.client keep-alive, one connection per thread"
+            out[w]["client"] = "HTTP/JSON gateway, keep-alive connections on one selector loop per client process"
             loaded = loaded or load
     return out
 

@@ -1,4 +1,5 @@
-"""What a client process drives: leaderless, etcd (HTTP/JSON gateway), or a pysyncobj replicated dict.
+"""What a client process drives: leaderless, etcd (HTTP/JSON gateway, ``bench.etcd_client``), or a pysyncobj
+replicated dict.
 
 Every driver has the same two calls, so one loop (``bench.worker``) serves them all:
 
@@ -13,11 +14,7 @@ a fast one does not inflate the fast one's latency.
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
 import queue
-import threading
 import time
 from collections import deque
 from typing import Any
@@ -30,6 +27,7 @@ def make_driver(target: dict[str, Any]) -> Any:
     if kind == "leaderless":
         return LeaderlessDriver(target)
     if kind == "etcd":
+        from .etcd_client import EtcdDriver
         return EtcdDriver(target)
     if kind == "pysyncobj":
         return SyncObjDriver(target)
@@ -135,118 +133,10 @@ class LeaderlessDriver:
         self.client.close()
 
 
-# --- blocking clients on threads ----------------------------------------------------------------
+# --- pysyncobj ------------------------------------------------------------------------------------
 
 class _Handle:
     __slots__ = ()
-
-
-class ThreadedDriver:
-    """A blocking client per thread; ``submit`` hands a job to a free thread."""
-
-    name = "threaded"
-
-    def __init__(self, threads: int) -> None:
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True, name=f"bench-client-{i}")
-                         for i in range(threads)]
-        self._ready = threading.Barrier(threads + 1)
-        self._failed: list[BaseException] = []
-        for t in self._threads:
-            t.start()
-        try:
-            self._ready.wait(timeout=30)
-        except threading.BrokenBarrierError:
-            raise RuntimeError(f"client threads did not connect: {self._failed[:1]}") from None
-        if self._failed:
-            raise RuntimeError(f"client threads did not connect: {self._failed[0]}")
-
-    latency_source = "reply stamp"
-
-    def connect(self, index: int) -> Any:
-        raise NotImplementedError
-
-    def call(self, conn: Any, op: str, key: str, value: bytes) -> None:
-        raise NotImplementedError
-
-    def _serve(self, index: int) -> None:
-        try:
-            conn = self.connect(index)
-        except BaseException as exc:         # noqa: BLE001 - reported by __init__
-            self._failed.append(exc)
-            conn = None
-        try:
-            self._ready.wait(timeout=30)
-        except threading.BrokenBarrierError:
-            return
-        if conn is None:
-            return
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                break
-            handle, op, key, value = job
-            try:
-                self.call(conn, op, key, value)
-                self._done.put((handle, time.perf_counter(), None))
-            except Exception as exc:            # noqa: BLE001 - counted as an error by the loop
-                self._done.put((handle, time.perf_counter(), exc))
-                try:
-                    conn = self.connect(index)
-                except Exception:               # noqa: BLE001 - the next call fails and says why
-                    pass
-
-    def submit(self, op: str, key: str, value: bytes) -> Any:
-        handle = _Handle()
-        self._jobs.put((handle, op, key, value))
-        return handle
-
-    def wait(self, timeout: float) -> list[Completion]:
-        return _drain(self._done, timeout)
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-        for t in self._threads:
-            t.join(timeout=2)
-
-
-class EtcdDriver(ThreadedDriver):
-    """etcd v3 through its HTTP/JSON gateway: ``/v3/kv/put`` and ``/v3/kv/range``, base64 keys and values.
-
-    One keep-alive ``http.client`` connection per thread, threads spread over the members
-    (a request per connection at a time: the gateway answers pipelined requests in order).
-    Reads are etcd's default, linearizable (a quorum round through the leader).
-    """
-
-    name = "etcd"
-
-    def __init__(self, target: dict[str, Any]) -> None:
-        self.endpoints = [tuple(e) for e in target["endpoints"]]
-        self.offset = int(target.get("offset", 0))
-        super().__init__(int(target["threads"]))
-
-    def connect(self, index: int) -> http.client.HTTPConnection:
-        host, port = self.endpoints[(index + self.offset) % len(self.endpoints)]
-        conn = http.client.HTTPConnection(host, port, timeout=10)
-        conn.connect()
-        return conn
-
-    def call(self, conn: http.client.HTTPConnection, op: str, key: str, value: bytes) -> None:
-        k = base64.b64encode(key.encode()).decode("ascii")
-        if op == "read":
-            path, body = "/v3/kv/range", f'{{"key":"{k}"}}'
-        else:
-            v = base64.b64encode(value).decode("ascii")
-            path, body = "/v3/kv/put", f'{{"key":"{k}","value":"{v}"}}'
-        conn.request("POST", path, body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"etcd answered {response.status}: {data[:120]!r}")
-        if op == "read":
-            json.loads(data)            # decoded, as our client decodes its replies
 
 
 class SyncObjDriver:
