@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import click
 
 from .client import Client, connect
-from .cluster import LocalCluster, free_ports
+from .cluster import LocalCluster, free_ports, terminate_as_interrupt
 from .config import ClusterConfig, load_secret
 from .errors import LeaderlessError
 from .node import run as node_run
@@ -93,10 +92,9 @@ def cluster_up(nodes: int, n_val: int, r_val: str, w_val: str, port: int, refres
         raise click.BadParameter(f"n={n_val} is larger than --nodes={nodes}", param_hint="--n")
     local = LocalCluster(nodes=nodes, n=n_val, r=_quorum(r_val), w=_quorum(w_val), data_dir=data_dir,
                          base_port=port)
-    signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"starting {nodes} nodes (n={n_val}, r={r_val}, w={w_val}) with data in {os.path.abspath(data_dir)}")
     try:
-        with local:
+        with terminate_as_interrupt(), local:
             for name, (host, p) in local.addresses.items():
                 click.echo(f"  {name} listening on {host}:{p}")
             click.echo("cluster up; Ctrl-C stops it. In another shell: leaderless put KEY VALUE / get KEY / "
@@ -105,10 +103,6 @@ def cluster_up(nodes: int, n_val: int, r_val: str, w_val: str, port: int, refres
     except KeyboardInterrupt:          # Ctrl-C while starting or watching: every node is stopped either way
         click.echo("stopping...")
     click.echo("cluster stopped")
-
-
-def _interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _watch(local: LocalCluster, refresh: float) -> None:
@@ -375,10 +369,11 @@ def chaos(nodes: int, nemesis: str, workload: str, mode: str, time_s: float, see
     except OptionError as exc:
         raise one_line_usage_error(str(exc), f"'--{exc.option}'") from None
     progress_console = Console(stderr=True, highlight=False)
-    result = run_chaos(nodes=nodes, nemesis=nemesis, workload=workload, mode=mode, time_s=time_s, seed=seed, n=n_val,
-                       r=_quorum(r_val) or r_val, w=_quorum(w_val) or w_val, interval=interval,
-                       progress=lambda line: progress_console.print(line, markup=False, soft_wrap=True),
-                       history_path=history_path, data_dir=chaos_dir)
+    with terminate_as_interrupt():
+        result = run_chaos(nodes=nodes, nemesis=nemesis, workload=workload, mode=mode, time_s=time_s, seed=seed, n=n_val,
+                           r=_quorum(r_val) or r_val, w=_quorum(w_val) or w_val, interval=interval,
+                           progress=lambda line: progress_console.print(line, markup=False, soft_wrap=True),
+                           history_path=history_path, data_dir=chaos_dir)
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:

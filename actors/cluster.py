@@ -13,6 +13,7 @@ process this object started, by PID: SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -22,8 +23,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,8 @@ class LocalCluster:
                 log.warning("node %s did not stop in %.0fs; killing it", name, STOP_GRACE)
                 _signal(proc, signal.SIGKILL)
                 proc.wait(timeout=5)
+        for proc in self._procs.values():
+            _close_pipe(proc)
         self._procs.clear()
         atexit.unregister(self.stop)
         if self._tmp is not None:
@@ -226,7 +230,7 @@ class LocalCluster:
             proc.wait(timeout=timeout)       # a node that has left exits by itself
         except subprocess.TimeoutExpired:
             raise ClusterUnavailable(f"{name} did not finish handing off its data within {timeout}s") from None
-        del self._procs[name]
+        _close_pipe(self._procs.pop(name))
         del self.config.nodes[name]
         self.config.save(self.data_dir)
         self._admin_reset()
@@ -391,10 +395,14 @@ class LocalCluster:
         faults = []     # a node (re)started during a fault is under it from its first message
         if self._faults.get(name):
             faults = ["--faults", json.dumps(self._faults[name])]
+        _close_pipe(self._procs.get(name))
         with open(node_dir / "node.log", "ab") as logfile:
+            # The node's stdin is a pipe only this process writes to: when this process is gone,
+            # however it ended (SIGKILL included), the node reads EOF and stops itself.
             self._procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "actors.node", "--data-dir", str(self.data_dir), "--name", name, *faults],
-                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, env=env,
+                [sys.executable, "-m", "actors.node", "--data-dir", str(self.data_dir), "--name", name,
+                 "--owner-pipe", *faults],
+                stdin=subprocess.PIPE, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
 
     def _proc(self, name: str) -> subprocess.Popen[bytes]:
@@ -428,6 +436,35 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.kill(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``timeout``, a supervisor) raises ``KeyboardInterrupt`` as Ctrl-C does,
+    so ``with LocalCluster(...)`` blocks and ``finally`` clauses stop what they started and remove their
+    temporary directories. (Nodes stop by themselves anyway once their owner is gone; see ``_spawn``.)
+    Only in the main thread; the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _close_pipe(proc: subprocess.Popen[bytes] | None) -> None:
+    """Close our end of a node's owner pipe (the node has ended, or is being replaced)."""
+    if proc is not None and proc.stdin is not None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -328,8 +328,21 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
-def run(name: str, data_dir: str, faults: dict[str, Any] | None = None, join: bool = False) -> int:
-    """Run one node in this process until SIGTERM/SIGINT, or until it has left the cluster."""
+def _stop_when_owner_gone(node: Node) -> None:
+    """Read stdin, a pipe the starting process holds open, until EOF: that process has ended."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    log.warning("node %s: the process that started it is gone; stopping", node.name)
+    node.request_stop()
+
+
+def run(name: str, data_dir: str, faults: dict[str, Any] | None = None, join: bool = False,
+        owner_pipe: bool = False) -> int:
+    """Run one node in this process until SIGTERM/SIGINT, until it has left the cluster, or (``owner_pipe``)
+    until stdin reaches EOF."""
     config = ClusterConfig.load(data_dir)
     node = Node(name, data_dir, config, load_secret(data_dir))
     signal.signal(signal.SIGTERM, node.request_stop)
@@ -338,6 +351,8 @@ def run(name: str, data_dir: str, faults: dict[str, Any] | None = None, join: bo
     faults["blocked"] = tuple(faults.get("blocked", ()))
     node.start(SetFaults(0, **faults))
     tune_gc()
+    if owner_pipe:
+        threading.Thread(target=_stop_when_owner_gone, args=(node,), name=f"owner-{name}", daemon=True).start()
     if join:
         threading.Thread(target=node.join_cluster, name=f"join-{name}", daemon=True).start()
     node.wait()
@@ -351,11 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="this node's name in cluster.json")
     parser.add_argument("--faults", default="", help="JSON of SetFaults fields to start under (used by LocalCluster)")
     parser.add_argument("--join", action="store_true", help="ask a member to add this node to the ring")
+    parser.add_argument("--owner-pipe", action="store_true",
+                        help="stdin is a pipe from the process that started this node: stop when it closes")
     parser.add_argument("--log-level", default=os.environ.get("LEADERLESS_LOG", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
-    return run(args.name, args.data_dir, json.loads(args.faults) if args.faults else None, args.join)
+    return run(args.name, args.data_dir, json.loads(args.faults) if args.faults else None, args.join,
+               args.owner_pipe)
 
 
 if __name__ == "__main__":

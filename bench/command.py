@@ -123,13 +123,15 @@ def run(mode: str | None = None, **options: Any) -> None:
 
     from rich.console import Console
 
+    from actors.cluster import terminate_as_interrupt
+
     from .report import ProgressBar
     from .runner import BenchError
 
     as_json = options["as_json"]
     err = Console(stderr=True, highlight=False)
     try:
-        with ProgressBar(enabled=not as_json) as progress:
+        with terminate_as_interrupt(), ProgressBar(enabled=not as_json) as progress:
             if mode == "compare":
                 from .compare import print_compare, run_compare, save_compare
                 report = run_compare(config, workloads=workloads, peers=peers, progress=progress, rounds=rounds,

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from waiting import kill_leftovers, processes_using
+
 from actors.chaos import FAST_REPAIR, run_chaos, stale_by_fault
 from actors.cli import main
 from actors.history import History
@@ -23,28 +25,6 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("valid", "acknowledged", "lost", "unexpected", "recovered", "converged", "convergence_s", "stale_reads",
             "seed", "nemesis", "workload")
-
-
-def processes_using(directory: Path) -> list[int]:
-    """PIDs of live processes whose command line mentions ``directory`` (the nodes of a cluster there)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(directory) in cmdline and "actors.node" in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
-def kill_leftovers(directory: Path) -> None:
-    for pid in processes_using(directory):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def assert_passed(result: dict) -> None:

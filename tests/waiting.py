@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -17,3 +20,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"{what}: not met within {timeout}s")
+
+
+def processes_using(directory: Path | str) -> list[int]:
+    """PIDs of live processes whose command line mentions ``directory`` (the nodes of a cluster there)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(directory) in cmdline and "actors.node" in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_leftovers(directory: Path | str) -> None:
+    """SIGKILL, by PID, every node process still running on ``directory``."""
+    for pid in processes_using(directory):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
