@@ -39,8 +39,8 @@ from typing import Any
 from .config import BenchConfig, OptionError
 from .etcd import EtcdCluster, PeerUnavailable, free_ports
 from .report import ms, stamp
-from .runner import (CpuSampler, Progress, client_specs, machine, merge_results, run_on_cluster, run_workers,
-                     start_cluster)
+from .runner import (CpuSampler, Progress, client_specs, cpu_per_op, machine, merge_results, run_on_cluster,
+                     run_workers, start_cluster)
 from .workload import WORKLOADS
 
 PEERS = ("etcd", "pysyncobj", "toy")
@@ -169,6 +169,7 @@ def _peer_run(system: str, config: BenchConfig, specs: list[dict[str, Any]], pid
     report: dict[str, Any] = {"system": system, "workload": config.workload}
     report.update(merge_results(results, config.time_s, WORKLOADS[config.workload].ops))
     report["server_cpu"] = sampler.busy
+    report["cpu_us_per_op"] = cpu_per_op(report)
     loaded = [i for i in infos if i["loaded"]]
     if loaded:
         report["load"] = {"keys": sum(i["loaded"] for i in loaded),
@@ -257,7 +258,8 @@ def compare_table(report: dict[str, Any]) -> Any:
                         + (f", median of {report['rounds']} rounds" if report.get("rounds", 1) > 1 else ""),
                   box=box.SIMPLE_HEAD,
                   padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for column in ("load", "system", "ops/s", "p50 ms", "p99 ms", "err", "cpu cl", "cpu srv", "ours/peer"):
+    for column in ("load", "system", "ops/s", "p50 ms", "p99 ms", "err", "cpu cl", "cpu srv", "srv µs/op",
+                   "ours/peer"):
         table.add_column(column, justify="left" if column in ("load", "system") else "right", no_wrap=True)
     for w in report["workloads"]:
         for system, runs in report["systems"].items():
@@ -274,8 +276,13 @@ def compare_table(report: dict[str, Any]) -> Any:
                               str(run["errors"]) if first else "",
                               f"{sum(run['client_cpu']):.2f}" if first else "",
                               f"{sum(run.get('server_cpu', {}).values()):.2f}" if first and run.get("server_cpu")
-                              else "", _ratio_text(ratio) if first and ratio else "")
+                              else "", _per_op(run) if first else "", _ratio_text(ratio) if first and ratio else "")
     return table
+
+
+def _per_op(run: dict[str, Any]) -> str:
+    server = (run.get("cpu_us_per_op") or {}).get("server")
+    return "" if server is None else f"{server:,.0f}"
 
 
 def _ratio_text(ratio: dict[str, Any]) -> str:
@@ -300,7 +307,8 @@ def print_compare(report: dict[str, Any]) -> None:
     console.print("ours/peer: leaderless ops/s over the peer's under the same load"
                   + (f", taken inside each of {rounds} rounds: the median, (lowest-highest); each system's row is "
                      "its median run" if rounds > 1 else "") + ". cpu cl / cpu srv: CPU seconds "
-                  "per second summed over the client / server processes (1.0 = one core). pysyncobj's clients are "
+                  "per second summed over the client / server processes (1.0 = one core); srv µs/op: server CPU per "
+                  "operation, what one request costs the machine. pysyncobj's clients are "
                   "its members, and its reads are local (no quorum).", markup=False, soft_wrap=True)
     files = report.get("files", {})
     console.print(f"saved {files.get('json')}" + (f" and {files['png']}" if "png" in files else ""),

@@ -86,6 +86,9 @@ def footnotes(report: dict[str, Any]) -> list[str]:
     if servers:
         lines.append("servers busy: " + ", ".join(f"{n} {c:.2f}" for n, c in servers.items())
                      + f"  (machine: {report.get('machine', {}).get('cpus', '?')} CPUs)")
+    per_op = report.get("cpu_us_per_op") or {}
+    if per_op.get("server") is not None:
+        lines.append(f"CPU per operation: servers {per_op['server']:,.0f} µs, clients {per_op['client']:,.0f} µs")
     commits = {n: g for n, g in (report.get("group_commit") or {}).items() if g.get("commits")}
     if commits:
         lines.append("group commit (writes per fsync): "

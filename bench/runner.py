@@ -239,6 +239,17 @@ def merge_results(results: list[dict[str, Any]], duration_s: float, ops: Iterabl
     }
 
 
+def cpu_per_op(report: dict[str, Any]) -> dict[str, float | None]:
+    """CPU microseconds per operation, summed over the server processes and over the client processes:
+    what one request costs the machine, beside what the machine could do in total. ``server`` is None when the servers' CPU was not sampled (pysyncobj's members are its clients)."""
+    throughput = report.get("throughput") or 0.0
+    if not throughput:
+        return {"server": None, "client": None}
+    servers = report.get("server_cpu") or {}
+    return {"server": round(sum(servers.values()) / throughput * 1e6, 1) if servers else None,
+            "client": round(sum(report.get("client_cpu") or ()) / throughput * 1e6, 1)}
+
+
 def latency_curve(hist: LatencyHistogram) -> list[list[float]]:
     """[percentile, milliseconds] pairs for the percentile plot."""
     return [[p, v / 1000] for p, v in hist.percentiles(CURVE_PERCENTILES).items()]
@@ -298,6 +309,7 @@ def run_on_cluster(cluster: Any, config: BenchConfig, *, load: bool, progress: P
     report: dict[str, Any] = {"system": "leaderless", "workload": config.workload}
     report.update(merge_results(results, config.time_s, WORKLOADS[config.workload].ops))
     report["server_cpu"] = sampler.busy
+    report["cpu_us_per_op"] = cpu_per_op(report)
     report["group_commit"] = _group_commit(counters.get("start", {}), counters.get("end", {}))
     report["load"] = _load_summary(infos) if load else None
     report["config"] = config.as_dict()

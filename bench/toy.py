@@ -29,7 +29,7 @@ from typing import Any
 import click
 
 from .histogram import LatencyHistogram, summary_ms
-from .runner import CpuSampler, end_processes, machine
+from .runner import CpuSampler, cpu_per_op, end_processes, machine
 
 FRAME = struct.Struct("!QHI")       # sequence number, key length, value length; then key, value
 ACK = struct.Struct("!Q")           # every write up to this sequence number is durable here
@@ -204,9 +204,11 @@ def _send_loop(socks: list[socket.socket], sampler: CpuSampler, time_s: float, w
     now = clock()
     cpu0 = cpu0 or (time.process_time(), now)
     busy = (time.process_time() - cpu0[0]) / max(now - cpu0[1], 1e-9)
-    return {"system": "toy", "workload": "w", "throughput": round(measured / time_s, 1), "ops": {"write": measured},
-            "latency_ms": {"write": summary_ms(hist)}, "errors": 0, "error_kinds": {},
-            "client_cpu": [round(busy, 3)], "server_cpu": sampler.stop(), "per_second": per_second}
+    result = {"system": "toy", "workload": "w", "throughput": round(measured / time_s, 1), "ops": {"write": measured},
+              "latency_ms": {"write": summary_ms(hist)}, "errors": 0, "error_kinds": {},
+              "client_cpu": [round(busy, 3)], "server_cpu": sampler.stop(), "per_second": per_second}
+    result["cpu_us_per_op"] = cpu_per_op(result)
+    return result
 
 
 @click.command()

@@ -19,6 +19,7 @@ from bench import compare
 from bench.config import BenchConfig
 from bench.etcd import EtcdCluster, PeerUnavailable
 from bench.histogram import LatencyHistogram, hdr_available
+from bench.runner import cpu_per_op
 from bench.toy import run_toy
 from bench.worker import run_load
 from bench.workload import WORKLOADS, Zipfian, key_chooser
@@ -44,6 +45,9 @@ def test_bench_json_prints_one_object_with_throughput_latency_errors_config_and_
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"]
     assert report["config"]["workload"] == "a" and report["config"]["nodes"] == 3
     assert len(report["client_cpu"]) == 2
+    per_op = report["cpu_us_per_op"]                  # what one request cost the servers and the clients
+    assert per_op["server"] == round(sum(report["server_cpu"].values()) / report["throughput"] * 1e6, 1) > 0
+    assert per_op["client"] == round(sum(report["client_cpu"]) / report["throughput"] * 1e6, 1) > 0
     assert Path(report["files"]["json"]).exists()
     pytest.importorskip("matplotlib")
     png = Path(report["files"]["png"])
@@ -189,6 +193,8 @@ def test_compare_with_rounds_runs_end_to_end_and_prints_the_ratio_range(tmp_path
     report = json.loads(result.stdout)
     assert report["rounds"] == 2
     assert len(report["throughput_rounds"]["leaderless"]["w"]) == 2 and report["systems"]["toy"]["w"]["throughput"]
+    assert report["systems"]["toy"]["w"]["cpu_us_per_op"]["server"] > 0
+    assert report["systems"]["leaderless"]["w"]["cpu_us_per_op"]["server"] > 0
     ratio = report["ratios"]["toy"]["w"]
     assert len(ratio["throughput_rounds"]) == 2 and ratio["throughput"] == min(ratio["throughput_rounds"])
     table = compare.compare_table(report)
@@ -196,6 +202,14 @@ def test_compare_with_rounds_runs_end_to_end_and_prints_the_ratio_range(tmp_path
     console = Console(width=200, record=True)
     console.print(table)
     assert f"({min(ratio['throughput_rounds']):.2f}-{max(ratio['throughput_rounds']):.2f})" in console.export_text()
+
+
+def test_cpu_per_op_is_none_for_servers_that_were_not_sampled() -> None:
+    assert cpu_per_op({"throughput": 2000.0, "server_cpu": {"n1": 0.5, "n2": 0.3}, "client_cpu": [0.1, 0.1]}) == \
+        {"server": 400.0, "client": 100.0}
+    assert cpu_per_op({"throughput": 1000.0, "server_cpu": {}, "client_cpu": [0.5]}) == {"server": None, "client": 500.0}
+    assert cpu_per_op({"throughput": 0.0, "server_cpu": {"n1": 0.5}, "client_cpu": [0.5]}) == \
+        {"server": None, "client": None}
 
 
 def test_etcd_is_skipped_with_a_message_when_it_is_not_installed(monkeypatch: pytest.MonkeyPatch,
