@@ -130,7 +130,7 @@ def _median_ratio(rounds: list[dict[str, float] | None]) -> dict[str, Any] | Non
     taken = [r for r in rounds if r is not None]
     if not taken:
         return None
-    chosen = dict(sorted(taken, key=lambda r: r["throughput"])[(len(taken) - 1) // 2])
+    chosen: dict[str, Any] = dict(sorted(taken, key=lambda r: r["throughput"])[(len(taken) - 1) // 2])
     if len(rounds) > 1:
         chosen["throughput_rounds"] = [r["throughput"] for r in taken]
     return chosen

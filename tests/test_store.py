@@ -293,7 +293,8 @@ def _read_reports(proc: subprocess.Popen[bytes], wanted: int, timeout: float) ->
     return seen
 
 
-def test_a_writer_killed_with_sigkill_loses_no_batch_it_reported_committed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wanted", [20, 700])      # 700 batches of 50 keys: past two checkpoints of the log
+def test_a_writer_killed_with_sigkill_loses_no_batch_it_reported_committed(tmp_path: Path, wanted: int) -> None:
     path = str(tmp_path / "db")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
@@ -301,14 +302,14 @@ def test_a_writer_killed_with_sigkill_loses_no_batch_it_reported_committed(tmp_p
     )
     output = b""
     try:
-        output = _read_reports(proc, wanted=20, timeout=20)
+        output = _read_reports(proc, wanted=wanted, timeout=60)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         rest, errors = proc.communicate(timeout=10)  # drains the pipes and reaps the child
     assert proc.returncode == -signal.SIGKILL, errors.decode(errors="replace")
     reported = int((output + rest).split()[-1])
-    assert reported >= 20
+    assert reported >= wanted
     store = LmdbStore(path)
     try:
         committed = store.count() // 50
