@@ -35,8 +35,15 @@ class WalFull(OSError):
 class WriteAheadLog:
     def __init__(self, path: str) -> None:
         self.path = path
+        created = not os.path.exists(path)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self._fd).st_size
+        if created:                       # the new name itself must survive a machine crash
+            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def replay(self) -> Iterator[list[tuple[bytes, bytes]]]:
         """Every whole batch in the order appended; the file is cut after the last whole one."""
