@@ -210,6 +210,7 @@ class LmdbStore:
         self._memtable: dict[str, bytes] = {}       # logged, not yet in LMDB: key -> record
         self._wal: WriteAheadLog | None = None
         self._wal_limit = min(WAL_BYTES, map_size // 8)
+        self._absent: tuple[dict[str, bytes], dict[str, bool]] | None = None   # count(): logged keys LMDB lacks
         with _OPEN_LOCK:
             if self._path in _OPEN_PATHS:
                 raise StoreError(f"LMDB environment {self._path} is already open in this process")
@@ -446,10 +447,19 @@ class LmdbStore:
             yield data.decode("utf-8")
 
     def count(self) -> int:
-        logged = list(self._memtable)           # a snapshot: a checkpoint may empty it meanwhile
+        """LMDB's entries plus the logged keys LMDB lacks. Which logged keys LMDB lacks is
+        remembered per memtable (until the checkpoint that replaces it), so a status call
+        under steady writes looks up only the keys logged since the last call."""
+        memtable = self._memtable               # replaced, never emptied, by a checkpoint
+        cached = self._absent
+        absent = cached[1] if cached is not None and cached[0] is memtable else {}
+        fresh = [key for key in list(memtable) if key not in absent]
         with self._environment().begin(db=self._objects) as txn:
-            return int(txn.stat(self._objects)["entries"]) + sum(
-                1 for key in logged if txn.get(key.encode("utf-8")) is None)
+            entries = int(txn.stat(self._objects)["entries"])
+            for key in fresh:
+                absent[key] = txn.get(key.encode("utf-8")) is None
+        self._absent = (memtable, absent)
+        return entries + sum(absent.values())
 
     def hints(self, target: str | None = None, limit: int | None = None) -> list[Hint]:
         start = b"" if target is None else _hint_prefix(target)

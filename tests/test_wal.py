@@ -136,3 +136,20 @@ def test_logged_writes_that_no_longer_fit_the_map_stay_readable_and_new_writes_a
         assert roomy.get("logged") == obj(b"acknowledged") and not roomy._memtable
     finally:
         roomy.close()
+
+
+def test_count_includes_logged_keys_once_whether_or_not_lmdb_has_them(tmp_path: Path) -> None:
+    store = LmdbStore(str(tmp_path / "db"))
+    try:
+        store.apply(objects=[(f"k{i}", obj(b"1")) for i in range(5)])
+        store.checkpoint()
+        store.apply(objects=[("k0", obj(b"2")), ("new0", obj(b"2"))])     # one overwrite, one new key
+        assert store.count() == 6
+        store.apply(objects=[("k1", obj(b"3")), ("new1", obj(b"3")), ("new0", obj(b"4"))])
+        assert store.count() == 7 == store.count()                         # the remembered part stays right
+        store.checkpoint()
+        assert store.count() == 7
+        store.apply(objects=[("new2", obj(b"5"))])
+        assert store.count() == 8
+    finally:
+        store.close()
