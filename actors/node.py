@@ -280,6 +280,7 @@ class Node:
             "wall_clock": self.wall.now(),
             "keys": self.store.count(),
             "hints_pending": self.store.hint_count(),
+            **self.store.log_state(),
             "hints_delivered": counts.get("hints.delivered", 0),
             "hints_dropped": counts.get("hints.dropped", 0),
             "read_repairs": counts.get("read_repairs", 0),

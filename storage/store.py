@@ -122,6 +122,9 @@ class Store(Protocol):
     def hint_count(self) -> int:
         """The number of hints held."""
 
+    def log_state(self) -> dict[str, int]:
+        """The write-ahead log: ``logged_keys`` not yet in the main store, ``log_bytes``, ``checkpoints`` done."""
+
     def meta_get(self, name: str) -> bytes | None:
         """A metadata value, or None."""
 
@@ -211,6 +214,7 @@ class LmdbStore:
         self._wal: WriteAheadLog | None = None
         self._wal_limit = min(WAL_BYTES, map_size // 8)
         self._absent: tuple[dict[str, bytes], dict[str, bool]] | None = None   # count(): logged keys LMDB lacks
+        self._checkpoints = 0
         with _OPEN_LOCK:
             if self._path in _OPEN_PATHS:
                 raise StoreError(f"LMDB environment {self._path} is already open in this process")
@@ -281,6 +285,7 @@ class LmdbStore:
             except OSError as exc:      # LMDB holds them now; replaying the log again would only redo them
                 raise StoreError(f"cannot empty the write-ahead log of {self._path}: {exc}") from exc
             self._memtable = {}
+            self._checkpoints += 1
 
     def checkpoint(self) -> None:
         """Move logged writes into LMDB now (they are durable either way)."""
@@ -479,6 +484,11 @@ class LmdbStore:
         with self._environment().begin() as txn:
             return int(txn.stat(self._hints)["entries"])
 
+    def log_state(self) -> dict[str, int]:
+        wal = self._wal
+        return {"logged_keys": len(self._memtable), "log_bytes": wal.size if wal is not None else 0,
+                "checkpoints": self._checkpoints}
+
     def meta_get(self, name: str) -> bytes | None:
         with self._environment().begin(db=self._meta) as txn:
             value: bytes | None = txn.get(_key_bytes(name))
@@ -601,6 +611,9 @@ class MemoryStore:
     def hint_count(self) -> int:
         self._check_open()
         return len(self._hints)
+
+    def log_state(self) -> dict[str, int]:
+        return {"logged_keys": 0, "log_bytes": 0, "checkpoints": 0}
 
     def meta_get(self, name: str) -> bytes | None:
         self._check_open()

@@ -172,11 +172,15 @@ def test_acknowledged_writes_survive_kill_9_of_every_node(make_cluster) -> None:
     futures = {f"durable{i}": client.put_async(f"durable{i}", b"%d" % i, w=3) for i in range(300)}
     for f in futures.values():
         f.get(timeout=30)                     # acknowledged by all three: durable on all three
+    for node, status in cluster.status().items():  # durable in each write-ahead log, not yet in LMDB
+        assert status["logged_keys"] >= 300 and status["log_bytes"] > 0, (node, status)
     for node in cluster.nodes:
         cluster.kill(node)
     for node in cluster.nodes:
         cluster.restart(node, wait=False)
     cluster.wait_until_converged(cluster.nodes)
+    for node, status in cluster.status().items():  # each node replayed its log and checkpointed it
+        assert status["logged_keys"] == 0 and status["checkpoints"] >= 1, (node, status)
     for node in cluster.nodes:
         for i in range(0, 300, 7):
             local = cluster.inspect(node, f"durable{i}")
