@@ -120,7 +120,7 @@ class EtcdDriver:
         self._failed: list[tuple[Any, float, BaseException | None]] = []   # sends that failed, for wait
         try:
             for i in range(count):
-                self._open(endpoints[(i + offset) % len(endpoints)])
+                self._idle.append(self._open(endpoints[(i + offset) % len(endpoints)]))
         except BaseException:
             self.close()
             raise
@@ -129,7 +129,6 @@ class EtcdDriver:
         conn = _Conn(address)
         self._selector.register(conn.sock, selectors.EVENT_READ, conn)
         self._conns.append(conn)
-        self._idle.append(conn)
         return conn
 
     def submit(self, op: str, key: str, value: bytes) -> Any:
@@ -200,7 +199,6 @@ class EtcdDriver:
             fresh = self._open(conn.address)
         except OSError:
             return
-        self._idle.remove(fresh)
         self._finished(fresh)
 
     def _drop(self, conn: _Conn) -> None:
