@@ -14,6 +14,12 @@ take waits for the socket to become writable. ``on_data(channel, data)`` runs on
 thread for every ``recv`` and must be quick (decode and hand to an actor).
 ``on_close(channel, unsent)`` runs once when the channel closes (either side, or an
 error); ``unsent`` holds the tags of the sends that never reached the kernel.
+
+The loop also runs hosted actors (``actors.mailbox``): ``ready(inbox)`` queues an actor
+with mail, and each round runs the ready actors after the reads, so what a ``recv``
+brought is handled, and answered, on this thread. Output waits while input keeps coming
+(at most ``HOLD_ROUNDS`` rounds): a round that read something looks again before it
+writes, so under load each socket gets fewer, larger frames.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from .errors import ProtocolError
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 1 << 18
+HOLD_ROUNDS = 4         # rounds with input before queued output is written anyway
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
@@ -84,16 +91,18 @@ class Channel:
     # --- on the loop thread ------------------------------------------------------------
 
     def _readable(self) -> None:
+        loop = self._loop
         try:
-            data = self.sock.recv(RECV_SIZE)
+            size = self.sock.recv_into(loop._buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._finish()
             return
-        if not data:
+        if not size:
             self._finish()
             return
+        data = loop._view[:size].tobytes()
         try:
             self._on_data(self, data)
         except ProtocolError as exc:
@@ -168,6 +177,11 @@ class IOLoop:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._selector.register(self._wake_fd, READ, None)
         self._dirty: collections.deque[Channel] = collections.deque()
+        self._ready: collections.deque[Any] = collections.deque()       # hosted actors' inboxes with mail
+        # One receive buffer for every channel (only the loop thread reads): ``recv`` would allocate a
+        # fresh RECV_SIZE object per call, which glibc maps, shrinks and unmaps (three system calls).
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._channels: set[Channel] = set()
         self._sleeping = False
@@ -189,6 +203,12 @@ class IOLoop:
         """Run ``fn`` on the loop thread soon (before any output queued after this call is written)."""
         self._commands.put(fn)
         self._wake()
+
+    def ready(self, inbox: Any) -> None:
+        """A hosted actor has mail (``actors.mailbox``): run it on the loop thread soon. Any thread."""
+        self._ready.append(inbox)
+        if self._sleeping:
+            self._wake()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Close every channel and end the thread."""
@@ -239,13 +259,14 @@ class IOLoop:
                 pass
 
     def _run(self) -> None:
-        selector, dirty, commands = self._selector, self._dirty, self._commands
+        selector, dirty, commands, ready = self._selector, self._dirty, self._commands, self._ready
+        held = 0
         try:
             while self._running:
                 # Say "asleep" before the last look at the queues: a sender that queues after the
                 # look sees the flag and writes the eventfd, so no output waits for a later wake-up.
                 self._sleeping = True
-                busy = dirty or not commands.empty()
+                busy = dirty or ready or not commands.empty()
                 if busy:
                     self._sleeping = False
                 events = selector.select(0 if busy else None)
@@ -264,6 +285,12 @@ class IOLoop:
                         channel._flush()
                 while not commands.empty():
                     self._command(commands.get_nowait())
+                for _ in range(len(ready)):
+                    self._run_actor(ready.popleft())
+                if events and held < HOLD_ROUNDS:
+                    held += 1               # input came: look for more before writing (bigger frames)
+                    continue
+                held = 0
                 while dirty:
                     channel = dirty.popleft()
                     channel._flagged = False
@@ -272,6 +299,12 @@ class IOLoop:
             log.exception("I/O loop %s failed", self.name)
         finally:
             self._shutdown()
+
+    def _run_actor(self, inbox: Any) -> None:
+        try:
+            inbox.run()
+        except Exception:
+            log.exception("I/O loop %s: a hosted actor failed", self.name)
 
     def _command(self, fn: Callable[[], None]) -> None:
         try:

@@ -29,6 +29,7 @@ from .config import ClusterConfig, load_secret
 from .errors import LeaderlessError
 from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
+from .mailbox import hosted_by
 from .membership import Membership
 from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
                        ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip, InspectRequest,
@@ -87,12 +88,13 @@ class Node:
             phi_threshold=config.phi_threshold, persist_buckets=self._persist_buckets,
             buckets=json.loads(saved_buckets) if saved_buckets else None, hlc=self.hlc,
             defaults=(config.n, config.r, config.w), heard_from=self.transport.heard_from)
-        self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership, hlc=self.hlc,
-                                          send_batch=self.transport.send_batch)
         settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout,
                             read_repair_chance=config.read_repair_chance)
-        self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
-                                                  send_batch=self.transport.send_batch)
+        with hosted_by(self.transport.loop):    # the hot path: no thread hand-over between socket and actor
+            self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership,
+                                              hlc=self.hlc, send_batch=self.transport.send_batch)
+            self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
+                                                      send_batch=self.transport.send_batch)
         self.repairer = RepairerActor.start(
             self.name, self.store, self.membership, send, self.gossiper, self.stats,
             RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,
@@ -126,12 +128,12 @@ class Node:
         self._stopping.set()
         if self._ticker is not None:
             self._ticker.join(timeout=2)
-        self.transport.stop()
         for ref in (self.repairer, self.gossiper, self.coordinator, self.replica):
             try:
                 ref.stop(timeout=5)
             except pykka.ActorDeadError:
                 pass
+        self.transport.stop()
         self.store.close()
         log.info("node %s stopped", self.name)
 

@@ -3,9 +3,13 @@
 Group commit: writes are applied to an in-memory overlay of pending objects and
 acknowledged only after the one transaction holding them commits (with sync). The
 first write of a batch tells the actor a ``Flush``; every write dequeued before that
-``Flush`` (typically the ones that came in during the previous commit) joins the same
-transaction. Reads see the overlay, so consecutive writes to one key build on each
-other and concurrent puts get distinct dots.
+``Flush`` joins the same group. The group goes to the replica's ``CommitterActor``
+(its own thread: the replica may run on the node's I/O loop, which must never wait on a
+disk); while it commits, the replica serves reads and stages the next group, and the
+group's acks go out when ``Committed`` comes back. Reads see the overlay (staged, then
+in flight), so consecutive writes to one key build on each other and concurrent puts
+get distinct dots. A ``Drop`` compares against durable state: it waits until nothing is
+staged or in flight, and the messages after it wait for it.
 
 The coordinating replica of a put sends the built object (``Built``) as soon as it
 exists, so the other replicas' commits run alongside its own; its ``Ack`` follows
@@ -24,29 +28,62 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from storage import crdts, objects, versions
+import pykka
+
+from storage import crdts, merkle, objects, versions
+from storage.codec import decode_object
 from storage.crdts import Crdt
 from storage.hlc import HybridClock, Timestamp
-from storage import merkle
-from storage.codec import decode_object
 from storage.merkle import SEGMENTS, MerkleTree
 from storage.objects import Obj
 from storage.store import Store, StoreFull
 from storage.versions import DVVSet
 
+from .committer import (
+    Commit,
+    Committed,
+    CommitterActor,
+    DeleteHintsJob,
+    DropKeys,
+    Dropped,
+)
 from .errors import InvalidRequest, LeaderlessError, StorageFull, VersionMismatch
 from .mailbox import Actor
 from .membership import Membership
+from .messages import (
+    Ack,
+    Acks,
+    Batch,
+    BatchAck,
+    Built,
+    CoordinatePut,
+    DeleteHints,
+    Drop,
+    Flush,
+    GetMany,
+    GetManyReply,
+    InspectRequest,
+    LocalObject,
+    PutMany,
+    ReapCandidates,
+    ReapCandidatesReply,
+    Refused,
+    ReplicaGet,
+    ReplicaGetReply,
+    ReplicaPut,
+    Reply,
+    StoreHint,
+    TreeReply,
+    TreeRequest,
+)
 from .outbox import Outbox, SendBatch
-from .messages import (Ack, Acks, Batch, BatchAck, Built, CoordinatePut, DeleteHints, Drop, Flush, GetMany, GetManyReply,
-                       InspectRequest, LocalObject, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
-                       ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, TreeReply, TreeRequest)
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]
 _KEYED = (ReplicaPut, CoordinatePut, ReplicaGet)
+_REPORTS = frozenset({Committed, Dropped, Flush})     # handled even while a drop holds other messages back
 DIRTY_LIMIT = 4096      # committed keys of one partition waiting to enter the hash tree before it catches up
 UNSORTED_LIMIT = 1 << 16  # committed keys not yet hashed into their partitions before they are
 
@@ -128,6 +165,10 @@ class ReplicaActor(Actor):
         self.tree = MerkleTree()
         self.tombstones: dict[str, float] = {}      # key -> when this replica first held its tombstone
         self._pending: dict[str, Obj] = {}
+        self._committing: dict[str, Obj] = {}        # the group commit in flight (with the committer)
+        self._busy = False                           # the committer has a job of ours
+        self._committer: Any = None                  # started with the actor; None: commits run inline
+        self._stash: list[Any] | None = None         # messages held back until a drop is done
         self._pending_hints: list[tuple[str, str, Obj]] = []
         self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
@@ -146,6 +187,7 @@ class ReplicaActor(Actor):
                 self.tombstones[key] = now
             count += 1
         log.info("replica %s: hash tree rebuilt over %d keys", self.name, count)
+        self._committer = CommitterActor.start(self.store, self.actor_ref)
 
     # --- dispatch ----------------------------------------------------------------------
 
@@ -155,13 +197,19 @@ class ReplicaActor(Actor):
         self.stats.incr("replica.messages", len(items))
         if len(items) > 1:
             self._prefetch(items)
+        self._handle_all(items)
+        self._records = {}
+        self._outbox.flush_unless_busy(self.actor_inbox)
+
+    def _handle_all(self, items: Any) -> None:
         for item in items:
+            if self._stash is not None and type(item) not in _REPORTS:
+                self._stash.append(item)
+                continue
             try:
                 self._handle(item)
             except Exception:  # one bad message must not stop the replica
                 log.exception("replica %s failed on %s", self.name, type(item).__name__)
-        self._records = {}
-        self._outbox.flush_unless_busy(self.actor_inbox)
 
     def _prefetch(self, items: Any) -> None:
         """Read the stored objects a batch of puts and gets needs in one store transaction."""
@@ -175,6 +223,11 @@ class ReplicaActor(Actor):
 
     def on_stop(self) -> None:
         self._outbox.flush()
+        if self._committer is not None:
+            try:
+                self._committer.stop(timeout=10)     # its job at hand finishes first
+            except pykka.ActorDeadError:
+                pass
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, ReplicaPut):
@@ -185,6 +238,10 @@ class ReplicaActor(Actor):
             self.send(message.coordinator, ReplicaGetReply(message.req_id, self.name, self._answer(message.key)))
         elif isinstance(message, Flush):
             self._flush()
+        elif isinstance(message, Committed):
+            self._committed(message)
+        elif isinstance(message, Dropped):
+            self._dropped(message)
         elif isinstance(message, PutMany):
             self._put_many(message)
         elif isinstance(message, GetMany):
@@ -196,7 +253,10 @@ class ReplicaActor(Actor):
         elif isinstance(message, Drop):
             self._drop(message)
         elif isinstance(message, DeleteHints):
-            self.store.delete_hints(message.hint_ids)
+            if self._committer is not None:
+                self._committer.tell(DeleteHintsJob(message.hint_ids))
+            else:
+                self.store.delete_hints(message.hint_ids)
         elif isinstance(message, StoreHint):
             self._pending_hints.extend(message.items)
             self.stats.incr("hints.for_missed_acks", len(message.items))
@@ -213,6 +273,8 @@ class ReplicaActor(Actor):
 
     def _current(self, key: str) -> Obj | None:
         obj = self._pending.get(key)
+        if obj is None:
+            obj = self._committing.get(key)
         if obj is not None:
             return obj
         records = self._records
@@ -225,6 +287,8 @@ class ReplicaActor(Actor):
         """What a read gets: the staged object, else the stored record as it is (the coordinator
         decodes it, once for all the replicas that answered the same bytes)."""
         obj = self._pending.get(key)
+        if obj is None:
+            obj = self._committing.get(key)
         if obj is not None:
             return obj
         records = self._records
@@ -244,7 +308,8 @@ class ReplicaActor(Actor):
         changed = self._merge(message.key, message.obj, message.hint_for)
         if message.want_ack:
             ack = Ack(message.req_id, self.name, True)
-            if changed or message.key in self._pending or message.hint_for is not None:
+            if changed or message.key in self._pending or message.key in self._committing or \
+                    message.hint_for is not None:
                 self._acks.append((message.coordinator, ack))
                 self._tell_flush()
             else:
@@ -281,31 +346,64 @@ class ReplicaActor(Actor):
             self.actor_ref.tell(Flush())
 
     def _flush(self) -> None:
+        """Hand what is staged to the committer as one group (inline when there is no committer).
+        With a group already in flight, nothing happens now: its ``Committed`` sends the next."""
         self._flush_told = False
+        if self._busy:
+            return
         self._records = {}                        # the commit below changes what is stored
         objects, hints, acks = self._pending, self._pending_hints, self._acks
         self._pending, self._pending_hints, self._acks = {}, [], []
-        if objects or hints:
+        if not objects and not hints:
+            self._send_acks(acks)             # nothing new to write: these waited for an earlier commit
+            self._next_job()
+            return
+        if self._committer is None:
+            error: Exception | None = None
             try:
                 self.store.apply(objects=objects.items(), hints=hints)
-            except Exception as exc:  # never ack what may not be durable
-                full = isinstance(exc, StoreFull)
-                if full:
-                    log.error("replica %s: store full, %d writes refused: %s", self.name, len(objects), exc)
-                    self.stats.incr("writes.refused_full", len(objects))
-                else:
-                    log.exception("replica %s: commit failed", self.name)
-                error = (StorageFull if full else LeaderlessError)(f"{self.name}: {exc}")
-                self.actor_id = new_actor_id(self.name)     # dots sent out in Built were not stored here
-                for dest, ack in acks:
-                    self.send(dest, ack._replace(ok=False, error=error))
-                return
+            except Exception as exc:  # noqa: BLE001 - reported with every ack below
+                error = exc
+            self._committed(Committed(objects, len(hints), acks, error))
+            return
+        self._committing = objects
+        self._busy = True
+        self._committer.tell(Commit(objects, hints, acks))
+
+    def _committed(self, message: Committed) -> None:
+        """A group commit is done: acknowledge it (never what may not be durable), start the next."""
+        self._busy = False
+        self._committing = {}
+        objects, acks, exc = message.objects, message.acks, message.error
+        if exc is not None:
+            full = isinstance(exc, StoreFull)
+            if full:
+                log.error("replica %s: store full, %d writes refused: %s", self.name, len(objects), exc)
+                self.stats.incr("writes.refused_full", len(objects))
+            else:
+                log.error("replica %s: commit failed: %r", self.name, exc)
+            error = (StorageFull if full else LeaderlessError)(f"{self.name}: {exc}")
+            self.actor_id = new_actor_id(self.name)     # dots sent out in Built were not stored here
+            for dest, ack in acks:
+                self.send(dest, ack._replace(ok=False, error=error))
+        else:
             self.stats.incr("replica.commits")
             self.stats.incr("replica.writes", len(objects))
-            if hints:
-                self.stats.incr("hints.stored", len(hints))
+            if message.hints:
+                self.stats.incr("hints.stored", message.hints)
             self._index(objects.items())
-        self._send_acks(acks)
+            self._send_acks(acks)
+        self._next_job()
+
+    def _next_job(self) -> None:
+        """The committer is free: the next group commit (what was staged meanwhile, joined by what
+        is already in the inbox: a ``Flush`` queues behind it), else a drop waiting for it."""
+        if self._busy:
+            return
+        if self._pending or self._pending_hints or self._acks:
+            self._tell_flush()
+        elif self._stash and type(self._stash[0]) is Drop:
+            self._start_drop()
 
     def _send_acks(self, acks: list[tuple[str, Any]]) -> None:
         """The commit's acknowledgements: the plain ones as one ``Acks`` per coordinator."""
@@ -411,20 +509,44 @@ class ReplicaActor(Actor):
         raise ValueError(f"unknown tree level {level!r}")
 
     def _drop(self, message: Drop) -> None:
-        """Delete keys whose current object still equals the one given (nothing newer arrived meanwhile)."""
-        if self._pending:
-            self._flush()          # compare against durable state only
+        """Delete keys whose current object still equals the one given (nothing newer arrived meanwhile).
+
+        Compared against durable state only: the drop waits until nothing is staged or in flight,
+        and every message after it waits for the drop (so a read after it never sees the object)."""
+        self._stash = [message, *(self._stash or ())]
+        self._next_job()
+
+    def _start_drop(self) -> None:
+        assert self._stash is not None
+        message = self._stash.pop(0)
+        self._records = {}
+        if self._committer is not None:
+            self._busy = True
+            self._committer.tell(DropKeys(message.items, message.reason))
+            return
         doomed = [key for key, obj in message.items
                   if (current := self.store.get(key)) is not None and objects.equal(current, obj)]
-        if not doomed:
-            return
-        self._records = {}
-        self.store.apply(deletes=doomed)
+        error: Exception | None = None
+        try:
+            if doomed:
+                self.store.apply(deletes=doomed)
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+        self._dropped(Dropped(doomed if error is None else [], message.reason, error))
+
+    def _dropped(self, message: Dropped) -> None:
+        """A drop is done: forget the keys, then handle what waited for it."""
+        self._busy = False
+        if message.error is not None:
+            log.error("replica %s: dropping %s keys failed: %r", self.name, message.reason, message.error)
         partition_of = self.membership.ring.partition_of
-        for key in doomed:
+        for key in message.keys:
             self.tree.update(partition_of(key), key, None)
             self.tombstones.pop(key, None)
-        self.stats.incr(f"dropped.{message.reason}", len(doomed))
+        if message.keys:
+            self.stats.incr(f"dropped.{message.reason}", len(message.keys))
+        waiting, self._stash = self._stash or [], None
+        self._handle_all(waiting)
 
     def _reap_candidates(self, grace: float) -> list[tuple[str, Obj]]:
         """Tombstones older than ``grace`` in keys this node leads (first primary), at most 500."""

@@ -451,6 +451,11 @@ class Transport:
         if link is not None:
             link.send(data, messages)
 
+    @property
+    def loop(self) -> IOLoop:
+        """The I/O loop serving this node's sockets (its hosted actors run on it too)."""
+        return self._loop
+
     def send_batch(self, dest: str, messages: list[Any]) -> None:
         """Send several messages to one node in one frame (to this node itself: one delivery).
 

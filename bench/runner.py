@@ -311,6 +311,7 @@ def run_on_cluster(cluster: Any, config: BenchConfig, *, load: bool, progress: P
     report["server_cpu"] = sampler.busy
     report["cpu_us_per_op"] = cpu_per_op(report)
     report["group_commit"] = _group_commit(counters.get("start", {}), counters.get("end", {}))
+    report["actor_batches"] = _actor_batches(counters.get("start", {}), counters.get("end", {}))
     report["load"] = _load_summary(infos) if load else None
     report["config"] = config.as_dict()
     report["machine"] = before
@@ -334,6 +335,21 @@ def _group_commit(start: dict[str, dict[str, int]], end: dict[str, dict[str, int
         commits = after.get("replica.commits", 0) - before.get("replica.commits", 0)
         out[node] = {"writes": writes, "commits": commits,
                      "per_commit": round(writes / commits, 1) if commits else None}
+    return out
+
+
+def _actor_batches(start: dict[str, dict[str, int]], end: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Over the measured window, all nodes together: messages each kind of actor handled per batch it
+    was handed (a batch is one inbox message: what one socket read or one sender's flush carried)."""
+    out: dict[str, Any] = {}
+    for actor in ("coordinator", "replica"):
+        messages = batches = 0
+        for node, after in end.items():
+            before = start.get(node, {})
+            messages += after.get(f"{actor}.messages", 0) - before.get(f"{actor}.messages", 0)
+            batches += after.get(f"{actor}.batches", 0) - before.get(f"{actor}.batches", 0)
+        out[actor] = {"messages": messages, "batches": batches,
+                      "per_batch": round(messages / batches, 2) if batches else None}
     return out
 
 
