@@ -48,7 +48,43 @@ def _drain(done: queue.SimpleQueue[Any], timeout: float) -> list[Any]:
 
 # --- leaderless -------------------------------------------------------------------------------
 
-_COMPLETED: queue.SimpleQueue[Any] = queue.SimpleQueue()
+class Completions:
+    """Futures completed on the connection thread, handed to the worker with one wake-up per batch.
+
+    A ``SimpleQueue`` wakes a waiting worker on every ``put``: one futex call and one turn of the
+    interpreter lock per reply (a quarter of a worker's CPU). Here the connection thread appends
+    to a deque and wakes the worker only when it sleeps, so the replies of one frame cost one wake-up.
+    """
+
+    def __init__(self) -> None:
+        self._done: deque[Any] = deque()
+        self._sleeping = False
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()   # a token per wake-up (C-level)
+
+    def put(self, item: Any) -> None:
+        self._done.append(item)
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.put(None)
+
+    def drain(self, timeout: float) -> list[Any]:
+        """Everything completed so far, waiting up to ``timeout`` seconds for the first."""
+        done = self._done
+        if not done:
+            self._sleeping = True           # say so before the last look: a put after it wakes us
+            if not done:
+                try:
+                    self._wake.get(timeout=timeout)     # a stale token only makes one turn come back empty
+                except queue.Empty:
+                    pass
+            self._sleeping = False
+        items = []
+        while done:
+            items.append(done.popleft())
+        return items
+
+
+_COMPLETED = Completions()
 _PATCHED = False
 
 
@@ -118,7 +154,7 @@ class LeaderlessDriver:
 
     def wait(self, timeout: float) -> list[Completion]:
         if self.stamped is not False:
-            return [(f, f.done_at, f.error) for f in _drain(_COMPLETED, timeout)]
+            return [(f, f.done_at, f.error) for f in _COMPLETED.drain(timeout)]
         if not self._fifo:
             time.sleep(min(timeout, 0.01))
             return []

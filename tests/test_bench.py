@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from click.testing import CliRunner
 from actors.cli import main
 from bench import compare
 from bench.config import BenchConfig
+from bench.drivers import Completions
 from bench.etcd import EtcdCluster, PeerUnavailable
 from bench.histogram import LatencyHistogram, hdr_available
 from bench.runner import cpu_per_op
@@ -244,3 +247,23 @@ def test_the_actor_microbenchmark_runs_every_request_to_a_successful_reply() -> 
         result = measure(kind, 300, 8)
         assert (result["ok"], result["failed"]) == (300, 0)
         assert result["cpu_us_per_op"] > 0
+
+
+def test_completions_from_another_thread_all_reach_the_worker_once_and_in_order() -> None:
+    completions = Completions()
+    assert completions.drain(0.01) == []                       # nothing completed: the wait times out
+
+    def produce() -> None:
+        for i in range(3000):
+            completions.put(i)
+            if i % 7 == 0:
+                time.sleep(0.0002)                             # let the worker fall asleep now and then
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    got: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(got) < 3000 and time.monotonic() < deadline:
+        got += completions.drain(1.0)
+    producer.join()
+    assert got == list(range(3000))
