@@ -30,8 +30,8 @@ from storage import crdts, objects
 from storage.objects import Obj
 from storage.store import MAX_KEY_BYTES as STORE_MAX_KEY_BYTES
 
-from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, SessionViolation, StorageFull, UnknownBucket,
-                     VersionMismatch)
+from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, RequestTimeout, SessionViolation, StorageFull,
+                     UnknownBucket, VersionMismatch)
 from .mailbox import Actor
 from .membership import Membership
 from .outbox import Outbox, SendBatch
@@ -47,6 +47,7 @@ MAX_KEY_BYTES = STORE_MAX_KEY_BYTES
 MAX_VALUE_BYTES = 16 << 20
 MAX_TIMEOUT = 600.0
 SESSION_RETRY = 0.05        # seconds between rounds of a session read still waiting for a new enough replica
+BUILD_MARGIN = 0.25        # a put moves to the next replica this share of its build window after build_by
 SPECULATE_MIN = 0.002       # a read waits at least this long before asking a replica it skipped
 LATENCY_GAIN = 0.125        # weight of a new sample in the latency averages (TCP's SRTT gain)
 EMPTY_VALUES: dict[str, Any] = {"counter": 0, "set": frozenset(), "register": None, "flag": False, "map": {}}
@@ -182,7 +183,7 @@ class CoordinatorActor(Actor):
 
     def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
                  clock: Callable[[], float] = time.monotonic,
-                 send_batch: SendBatch | None = None) -> None:
+                 send_batch: SendBatch | None = None, wall: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.name = name
         self.membership = membership
@@ -191,6 +192,7 @@ class CoordinatorActor(Actor):
         self.settings = settings
         self.stats = stats
         self.clock = clock
+        self.wall = wall                                     # for ``CoordinatePut.build_by``
         self.requests: dict[int, PutRequest | GetRequest] = {}
         self._ids = itertools.count(1)
         self._timers: list[tuple[float, int, int]] = []      # (when, sequence, request id)
@@ -318,17 +320,29 @@ class CoordinatorActor(Actor):
         self._coordinate(req_id, request, coordinating, now)
 
     def _coordinate(self, req_id: int, request: PutRequest, node: str, now: float) -> None:
-        """Ask ``node`` to build the new version; if it does not answer soon, the next target is asked."""
+        """Ask ``node`` to build the new version; if it does not answer soon, the next target is asked.
+
+        ``node`` may build it only until ``build_by`` (wall clock); the next one is asked a quarter of
+        that window later, so a slow or paused replica that gets to the request late refuses it instead
+        of building the write a second time (a second dot: an operation counted twice, a put read back
+        as two siblings). This holds while the hosts' clocks agree to within that quarter (a quarter
+        of a second at the default timeout), as Cassandra's cross-node timeouts assume."""
         request.coordinating = node
         request.tried.append(node)
-        request.built_deadline = now + min(request.deadline - now, self.settings.timeout) / 3
+        window = min(request.deadline - now, self.settings.timeout) / 3
+        request.built_deadline = now + window * (1 + BUILD_MARGIN)
         self._arm(req_id, request)
         hint = dict(request.targets)[node]
         self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint,
-                                      request.kind, request.crdt_op, request.op_id, request.condition))
+                                      request.kind, request.crdt_op, request.op_id, request.condition,
+                                      self.wall() + window))
 
     def _on_refused(self, req_id: int, request: PutRequest | GetRequest, message: Refused) -> None:
         if not isinstance(request, PutRequest) or message.node != request.coordinating:
+            return
+        if isinstance(message.error, RequestTimeout):      # too late to build there: the next one
+            if request.state == "waiting_built":
+                self._reroute(req_id, request, self.clock())
             return
         del self.requests[req_id]
         request.state = "answered"

@@ -187,6 +187,7 @@ class CoordinatePut(NamedTuple):
     op: tuple | None = None
     op_id: str | None = None
     condition: tuple | None = None
+    build_by: float | None = None       # wall clock (time.time) after which the replica must not build it
 
 
 class Refused(NamedTuple):

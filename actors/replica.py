@@ -47,7 +47,7 @@ from .committer import (
     DropKeys,
     Dropped,
 )
-from .errors import InvalidRequest, LeaderlessError, StorageFull, VersionMismatch
+from .errors import InvalidRequest, LeaderlessError, RequestTimeout, StorageFull, VersionMismatch
 from .mailbox import Actor
 from .membership import Membership
 from .messages import (
@@ -151,7 +151,7 @@ class ReplicaActor(Actor):
 
     def __init__(self, name: str, store: Store, send: Send, stats: Stats, membership: Membership,
                  clock: Callable[[], float] = time.monotonic, hlc: HybridClock | None = None,
-                 send_batch: SendBatch | None = None) -> None:
+                 send_batch: SendBatch | None = None, wall: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.name = name
         self.hlc = hlc or HybridClock(name)
@@ -162,6 +162,7 @@ class ReplicaActor(Actor):
         self.stats = stats
         self.membership = membership
         self.clock = clock
+        self.wall = wall                     # for ``CoordinatePut.build_by`` (hosts' clocks agree closely)
         self.tree = MerkleTree()
         self.tombstones: dict[str, float] = {}      # key -> when this replica first held its tombstone
         self._pending: dict[str, Obj] = {}
@@ -295,6 +296,13 @@ class ReplicaActor(Actor):
         return records[key] if key in records else self.store.get_records((key,))[key]
 
     def _coordinate_put(self, message: CoordinatePut) -> None:
+        if message.build_by is not None and self.wall() > message.build_by:
+            # Too late (this process was paused, or the request waited too long): the coordinator
+            # has asked, or will ask, the next replica, and two builds would apply the write twice.
+            self.stats.incr("put.too_late_to_build")
+            self.send(message.coordinator, Refused(message.req_id, self.name,
+                                                   RequestTimeout(f"{self.name}: the request came too late to build")))
+            return
         try:
             obj = build(self._current(message.key), message, self.actor_id, self.hlc)
         except LeaderlessError as exc:

@@ -244,9 +244,9 @@ class FakeCluster:
             view.publish({other: "up" for other in nodes})
             self.net.replicas[node] = ReplicaActor.start(name=node, store=self.stores[node], send=self.net.sender(node),
                                                          stats=self.replica_stats[node], membership=view,
-                                                         clock=self.clock)
+                                                         clock=self.clock, wall=self.clock)
         self.coordinator = CoordinatorActor.start(self.COORDINATOR, self.membership, self.net.sender(self.COORDINATOR),
-                                                  self.settings, self.stats, clock=self.clock)
+                                                  self.settings, self.stats, clock=self.clock, wall=self.clock)
         self.net.coordinators[self.COORDINATOR] = self.coordinator
         self._ids = itertools.count(1)
 
