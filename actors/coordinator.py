@@ -112,6 +112,19 @@ class GetRequest:
     speculate_at: float | None = None
 
 
+def _may_build_twice(request: PutRequest) -> bool:
+    """Whether a put whose coordinating replica is silent may be rerouted to the next one.
+
+    Silence does not tell whether the replica built it (its ``Built`` may be lost, or cut off by a
+    partition). A plain put built twice reads back as two siblings with one value (or, in an LWW
+    bucket, as one), which is harmless; an operation built twice is counted twice, and a condition
+    checked twice can let both of two racing writes win. Those wait for the replica's answer or its
+    refusal (``build_by`` passed: it did not build), else fail at their deadline (indeterminate; a
+    retry with the same op id meets the same first replica, which applies it once).
+    """
+    return request.kind in ("siblings", "lww") and request.condition is None
+
+
 def validate_key(key: Any) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidRequest(f"key must be a non-empty string, got {key!r:.60}")
@@ -609,8 +622,10 @@ class CoordinatorActor(Actor):
                 continue
             if isinstance(request, PutRequest):
                 if request.state == "waiting_built" and now >= request.built_deadline:
-                    self._reroute(req_id, request, now)
-                    continue                              # _coordinate armed the next check
+                    if _may_build_twice(request):
+                        self._reroute(req_id, request, now)
+                        continue                          # _coordinate armed the next check
+                    request.built_deadline = request.deadline     # wait for it (or its refusal)
             else:
                 if request.speculate_at is not None and now >= request.speculate_at:
                     request.speculate_at = None

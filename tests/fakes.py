@@ -23,7 +23,7 @@ import pykka
 from actors.coordinator import CoordinatorActor, Settings
 from actors.membership import Membership
 from actors.messages import (Ack, Acks, Batch, Built, ClientGet, ClientPut, CoordinatePut, ReplicaGet, ReplicaGetReply,
-                             ReplicaPut, Reply, Tick, Unreachable)
+                             Refused, ReplicaPut, Reply, Tick, Unreachable)
 from actors.replica import ReplicaActor
 from actors.ring import Ring
 from actors.stats import Stats
@@ -34,7 +34,7 @@ WAIT = 5.0
 """The longest any test waits for something that should happen (seconds)."""
 
 TO_REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet)
-TO_COORDINATOR = (Ack, Acks, Built, ReplicaGetReply)
+TO_COORDINATOR = (Ack, Acks, Built, ReplicaGetReply, Refused)
 
 
 class Sent(NamedTuple):

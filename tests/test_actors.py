@@ -15,10 +15,10 @@ import pytest
 
 from actors.errors import InvalidRequest, QuorumFailed, QuorumValueError, StorageFull
 from actors.coordinator import BUILD_MARGIN
-from actors.messages import (Ack, BucketProps, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult, Refused,
+from actors.messages import (Ack, BucketProps, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult, Refused,
                              ReplicaGet, ReplicaGetReply, ReplicaPut)
 from actors.replica import local_object
-from storage import crdts, versions
+from storage import versions
 from storage.versions import DVVSet
 
 from fakes import FakeCluster, FakeConnection
@@ -435,7 +435,7 @@ def test_a_put_rerouted_away_from_a_slow_coordinating_replica_reads_back_as_one_
     assert cluster.replica_stats["n1"].get("put.too_late_to_build") == 1
 
 
-def test_an_increment_rerouted_away_from_a_paused_first_replica_is_counted_once(cluster: FakeCluster) -> None:
+def test_an_increment_whose_first_replica_was_paused_moves_on_only_once_it_refuses_and_counts_once(cluster: FakeCluster) -> None:
     props = BucketProps("hits", "counter", 3, 2, 2)
     cluster.membership.buckets["hits"] = props
     key = "hits\x00" + cluster.key_led_by("n1", prefix="page")
@@ -445,14 +445,17 @@ def test_an_increment_rerouted_away_from_a_paused_first_replica_is_counted_once(
     cluster.coordinator.tell(ClientUpdate(1001, "hits", plain, ("increment", 1), "op-1", reply_to=pending))
     [late] = cluster.net.wait_sent(CoordinatePut, dest="n1", delivered=False)
     cluster.advance(TIMEOUT / 3 * (1 + BUILD_MARGIN) + 0.01)
-    pending.ok()                                         # built by the next replica instead
+    cluster.settle("coordinator")
+    assert [s.dest for s in cluster.net.sent(CoordinatePut)] == ["n1"]   # silence: n1 may have built it
     cluster.net.heal("n1")
-    cluster.net.replicas["n1"].tell(late.message)        # n1 resumes and finds the operation
+    cluster.net.replicas["n1"].tell(late.message)        # n1 resumes, finds the operation too late, refuses
     cluster.net.wait_sent(Refused, src="n1")
+    pending.ok()                                         # built by the next replica instead
     conn = FakeConnection()
     cluster.coordinator.tell(ClientGet(1002, plain, bucket="hits", r=3, reply_to=conn))
     assert conn.ok().value == 1
-    assert crdts.value(cluster.stores["n1"].get(key)) in (None, 0)   # n1 applied nothing of its own
+    held = cluster.stores["n1"].get(key)                 # n1 holds the other replica's increment only
+    assert held is None or not any(entry[0].startswith("n1.") for entry in held.state)
 
 
 def test_a_put_refused_by_full_stores_fails_with_the_same_error_whatever_order_the_answers_arrive_in(
@@ -486,3 +489,25 @@ def test_an_unreadable_record_in_a_read_answer_counts_as_no_answer(cluster: Fake
     assert pending.ok().values == [b"v"]
     assert sorted(s.dest for s in cluster.net.sent(ReplicaGet)) == sorted([first, second, third])
     cluster.net.release()
+
+
+def test_an_increment_whose_first_replica_stays_silent_is_not_built_elsewhere_and_fails_at_its_deadline(
+        cluster: FakeCluster) -> None:
+    cluster.membership.buckets["hits"] = BucketProps("hits", "counter", 3, 2, 2)
+    plain = cluster.key_led_by("n1", prefix="page")
+    cluster.net.hold(lambda s: isinstance(s.message, Built) and s.src == "n1")   # n1 builds; its answer is lost
+    pending = FakeConnection()
+    cluster.coordinator.tell(ClientUpdate(1001, "hits", plain, ("increment", 1), "op-1", reply_to=pending))
+    cluster.net.wait_sent(Ack, src="n1")                 # built and committed there
+    cluster.advance(TIMEOUT / 3 * (1 + BUILD_MARGIN) + 0.01)
+    cluster.settle("coordinator")
+    assert [s.dest for s in cluster.net.sent(CoordinatePut)] == ["n1"]
+    cluster.advance(TIMEOUT)
+    assert isinstance(pending.failure(), QuorumFailed)   # indeterminate for the client: n1 did apply it
+    cluster.net.release()
+    conn = FakeConnection()                              # a retry with the same op id meets n1 again
+    cluster.coordinator.tell(ClientUpdate(1002, "hits", plain, ("increment", 1), "op-1", reply_to=conn))
+    conn.ok()
+    read = FakeConnection()
+    cluster.coordinator.tell(ClientGet(1003, plain, bucket="hits", r=3, reply_to=read))
+    assert read.ok().value == 1
