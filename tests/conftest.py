@@ -1,4 +1,4 @@
-"""Shared fixtures. Every cluster a test starts is stopped by its fixture, pass or fail."""
+"""Shared fixtures. Every cluster and I/O loop a test starts is stopped by its fixture, pass or fail."""
 
 from __future__ import annotations
 
@@ -7,6 +7,18 @@ from collections.abc import Iterator
 import pytest
 
 from actors import LocalCluster
+from actors.ioloop import IOLoop
+
+
+@pytest.fixture
+def loop() -> Iterator[IOLoop]:
+    """An I/O loop of its own, stopped (thread ended) after the test."""
+    io = IOLoop("test")
+    try:
+        yield io
+    finally:
+        io.stop()
+    assert not io.alive
 
 
 @pytest.fixture

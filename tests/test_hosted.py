@@ -32,15 +32,6 @@ from storage.store import MemoryStore, StoreFull
 WAIT = 5.0
 
 
-@pytest.fixture
-def loop() -> Iterator[IOLoop]:
-    io = IOLoop("test")
-    try:
-        yield io
-    finally:
-        io.stop()
-
-
 class Recorder(Actor):
     """Notes which thread handled each message; fails on "boom"."""
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 
 from actors.errors import ProtocolError
 from actors.ioloop import IOLoop
@@ -33,15 +31,6 @@ class Sink:
         self.unsent = unsent
         self.closed.set()
 
-
-@pytest.fixture
-def loop() -> Iterator[IOLoop]:
-    io = IOLoop("test")
-    try:
-        yield io
-    finally:
-        io.stop()
-    assert not io.alive
 
 
 def wait_until(check: Any, timeout: float = WAIT) -> None:
