@@ -59,10 +59,16 @@ def alive(pid: int) -> bool:
     return True
 
 
+AS_FROM_A_TERMINAL = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "runpy.run_module('actors.cli', run_name='__main__', alter_sys=True)")
+
+
 def test_cluster_up_serves_the_other_commands_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     base = free_base_port(3)
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "cluster", "up", "--nodes", "3", "--port", str(base),
+    # SIGINT as a terminal's Ctrl-C delivers it, even when this test runs in a background job (where the
+    # shell starts everything with SIGINT ignored, and Python then installs no handler for it).
+    proc = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "cluster", "up", "--nodes", "3", "--port", str(base),
                              "--data-dir", str(data_dir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     pids: list[int] = []
