@@ -213,7 +213,8 @@ class LmdbStore:
         self._memtable: dict[str, bytes] = {}       # logged, not yet in LMDB: key -> record
         self._wal: WriteAheadLog | None = None
         self._wal_limit = min(WAL_BYTES, map_size // 8)
-        self._absent: tuple[dict[str, bytes], dict[str, bool]] | None = None   # count(): logged keys LMDB lacks
+        self._absent: tuple[dict[str, bytes], dict[str, bool], int] | None = None   # count(): logged keys LMDB lacks
+        self._generation = 0            # odd while a checkpoint moves the memtable into LMDB
         self._checkpoints = 0
         with _OPEN_LOCK:
             if self._path in _OPEN_PATHS:
@@ -279,13 +280,17 @@ class LmdbStore:
             if not memtable or self._wal is None:
                 return
             items = sorted((key.encode("utf-8"), record) for key, record in memtable.items())
-            self._write(lambda txn: txn.cursor(db=self._objects).putmulti(items))
+            self._generation += 1
+            try:
+                self._write(lambda txn: txn.cursor(db=self._objects).putmulti(items))
+                self._memtable = {}     # (a reader holding the old one finds the same records in LMDB)
+            finally:
+                self._generation += 1
+            self._checkpoints += 1
             try:
                 self._wal.reset()
             except OSError as exc:      # LMDB holds them now; replaying the log again would only redo them
                 raise StoreError(f"cannot empty the write-ahead log of {self._path}: {exc}") from exc
-            self._memtable = {}
-            self._checkpoints += 1
 
     def checkpoint(self) -> None:
         """Move logged writes into LMDB now (they are durable either way)."""
@@ -407,9 +412,8 @@ class LmdbStore:
             raise StoreFull(f"{exc}: nothing of this batch was written") from exc
         except OSError as exc:
             raise StoreError(f"write-ahead log append failed at {self._path}: {exc}") from exc
-        memtable = self._memtable
-        for key, _, record in keyed:
-            memtable[key] = record
+        # One ``update``: a reader in another thread sees all of the batch or none of it.
+        self._memtable.update({key: record for key, _, record in keyed})
 
     def _commit(self, puts: list[tuple[bytes, bytes]], held: list[tuple[str, bytes]], removed: list[bytes]) -> None:
         def work(txn: lmdb.Transaction) -> None:
@@ -455,16 +459,26 @@ class LmdbStore:
         """LMDB's entries plus the logged keys LMDB lacks. Which logged keys LMDB lacks is
         remembered per memtable (until the checkpoint that replaces it), so a status call
         under steady writes looks up only the keys logged since the last call."""
-        memtable = self._memtable               # replaced, never emptied, by a checkpoint
-        cached = self._absent
-        absent = cached[1] if cached is not None and cached[0] is memtable else {}
-        fresh = [key for key in list(memtable) if key not in absent]
-        with self._environment().begin(db=self._objects) as txn:
-            entries = int(txn.stat(self._objects)["entries"])
-            for key in fresh:
-                absent[key] = txn.get(key.encode("utf-8")) is None
-        self._absent = (memtable, absent)
-        return entries + sum(absent.values())
+        for _ in range(3):
+            generation = self._generation
+            memtable = self._memtable           # replaced, never emptied, by a checkpoint
+            cached = self._absent
+            usable = generation % 2 == 0 and cached is not None and cached[0] is memtable and cached[2] == generation
+            absent = dict(cached[1]) if usable else {}   # a copy: other threads may count at the same time
+            fresh = [key for key in list(memtable) if key not in absent]
+            with self._environment().begin(db=self._objects) as txn:
+                entries = int(txn.stat(self._objects)["entries"])
+                for key in fresh:
+                    absent[key] = txn.get(key.encode("utf-8")) is None
+            if self._generation == generation and generation % 2 == 0:
+                self._absent = (memtable, absent, generation)
+                return entries + sum(absent.values())
+            self._absent = None                 # a checkpoint ran meanwhile: look again
+        with self._lock:                        # checkpoints keep coming: count with them held off
+            memtable = self._memtable
+            with self._environment().begin(db=self._objects) as txn:
+                entries = int(txn.stat(self._objects)["entries"])
+                return entries + sum(txn.get(key.encode("utf-8")) is None for key in memtable)
 
     def hints(self, target: str | None = None, limit: int | None = None) -> list[Hint]:
         start = b"" if target is None else _hint_prefix(target)
