@@ -283,14 +283,14 @@ class LmdbStore:
             self._generation += 1
             try:
                 self._write(lambda txn: txn.cursor(db=self._objects).putmulti(items))
-                self._memtable = {}     # (a reader holding the old one finds the same records in LMDB)
+                try:
+                    self._wal.reset()
+                except OSError as exc:  # LMDB holds them now; replaying the log again would only redo them
+                    raise StoreError(f"cannot empty the write-ahead log of {self._path}: {exc}") from exc
+                self._memtable = {}     # only now: until the log is empty, the next checkpoint retries it
+                self._checkpoints += 1
             finally:
                 self._generation += 1
-            self._checkpoints += 1
-            try:
-                self._wal.reset()
-            except OSError as exc:      # LMDB holds them now; replaying the log again would only redo them
-                raise StoreError(f"cannot empty the write-ahead log of {self._path}: {exc}") from exc
 
     def checkpoint(self) -> None:
         """Move logged writes into LMDB now (they are durable either way)."""
