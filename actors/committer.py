@@ -58,6 +58,27 @@ class DeleteHintsJob(NamedTuple):
     hint_ids: list[bytes]
 
 
+def commit(store: Store, job: Commit) -> Committed:
+    """Run one group commit; its outcome, never an exception."""
+    try:
+        store.apply(objects=job.objects.items(), hints=job.hints)
+    except Exception as exc:  # noqa: BLE001 - the replica answers every ack with it
+        return Committed(job.objects, len(job.hints), job.acks, exc)
+    return Committed(job.objects, len(job.hints), job.acks, None)
+
+
+def drop(store: Store, job: DropKeys) -> Dropped:
+    """Delete the keys whose stored object still equals the given one; the keys deleted, or the error."""
+    try:
+        doomed = [key for key, obj in job.items
+                  if (current := store.get(key)) is not None and objects.equal(current, obj)]
+        if doomed:
+            store.apply(deletes=doomed)
+    except Exception as exc:  # noqa: BLE001
+        return Dropped([], job.reason, exc)
+    return Dropped(doomed, job.reason, None)
+
+
 class CommitterActor(Actor):
     """Runs a replica's store writes on its own thread and reports each back to ``replica``."""
 
@@ -68,14 +89,9 @@ class CommitterActor(Actor):
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Commit):
-            error: Exception | None = None
-            try:
-                self.store.apply(objects=message.objects.items(), hints=message.hints)
-            except Exception as exc:  # noqa: BLE001 - the replica answers every ack with it
-                error = exc
-            self._report(Committed(message.objects, len(message.hints), message.acks, error))
+            self._report(commit(self.store, message))
         elif isinstance(message, DropKeys):
-            self._report(self._drop(message))
+            self._report(drop(self.store, message))
         elif isinstance(message, DeleteHintsJob):
             try:
                 self.store.delete_hints(message.hint_ids)
@@ -84,16 +100,6 @@ class CommitterActor(Actor):
         else:
             log.warning("committer ignored unexpected %s", type(message).__name__)
 
-    def _drop(self, message: DropKeys) -> Dropped:
-        try:
-            doomed = [key for key, obj in message.items
-                      if (current := self.store.get(key)) is not None and objects.equal(current, obj)]
-            if doomed:
-                self.store.apply(deletes=doomed)
-        except Exception as exc:  # noqa: BLE001
-            return Dropped([], message.reason, exc)
-        return Dropped(doomed, message.reason, None)
-
     def _report(self, message: Any) -> None:
         try:
             self.replica.tell(message)
@@ -101,4 +107,4 @@ class CommitterActor(Actor):
             log.debug("replica stopped before %s reached it", type(message).__name__)
 
 
-__all__ = ["Commit", "Committed", "CommitterActor", "DeleteHintsJob", "DropKeys", "Dropped"]
+__all__ = ["Commit", "Committed", "CommitterActor", "DeleteHintsJob", "DropKeys", "Dropped", "commit", "drop"]

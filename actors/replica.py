@@ -39,14 +39,7 @@ from storage.objects import Obj
 from storage.store import Store, StoreFull
 from storage.versions import DVVSet
 
-from .committer import (
-    Commit,
-    Committed,
-    CommitterActor,
-    DeleteHintsJob,
-    DropKeys,
-    Dropped,
-)
+from .committer import Commit, Committed, CommitterActor, DeleteHintsJob, DropKeys, Dropped, commit, drop
 from .errors import InvalidRequest, LeaderlessError, RequestTimeout, StorageFull, VersionMismatch
 from .mailbox import Actor
 from .membership import Membership
@@ -366,17 +359,13 @@ class ReplicaActor(Actor):
             self._send_acks(acks)             # nothing new to write: these waited for an earlier commit
             self._next_job()
             return
+        job = Commit(objects, hints, acks)
         if self._committer is None:
-            error: Exception | None = None
-            try:
-                self.store.apply(objects=objects.items(), hints=hints)
-            except Exception as exc:  # noqa: BLE001 - reported with every ack below
-                error = exc
-            self._committed(Committed(objects, len(hints), acks, error))
+            self._committed(commit(self.store, job))
             return
         self._committing = objects
         self._busy = True
-        self._committer.tell(Commit(objects, hints, acks))
+        self._committer.tell(job)
 
     def _committed(self, message: Committed) -> None:
         """A group commit is done: acknowledge it (never what may not be durable), start the next."""
@@ -528,19 +517,12 @@ class ReplicaActor(Actor):
         assert self._stash is not None
         message = self._stash.pop(0)
         self._records = {}
-        if self._committer is not None:
-            self._busy = True
-            self._committer.tell(DropKeys(message.items, message.reason))
+        job = DropKeys(message.items, message.reason)
+        if self._committer is None:
+            self._dropped(drop(self.store, job))
             return
-        doomed = [key for key, obj in message.items
-                  if (current := self.store.get(key)) is not None and objects.equal(current, obj)]
-        error: Exception | None = None
-        try:
-            if doomed:
-                self.store.apply(deletes=doomed)
-        except Exception as exc:  # noqa: BLE001
-            error = exc
-        self._dropped(Dropped(doomed if error is None else [], message.reason, error))
+        self._busy = True
+        self._committer.tell(job)
 
     def _dropped(self, message: Dropped) -> None:
         """A drop is done: forget the keys, then handle what waited for it."""
