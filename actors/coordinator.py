@@ -196,9 +196,13 @@ class CoordinatorActor(Actor):
 
     def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
                  clock: Callable[[], float] = time.monotonic,
-                 send_batch: SendBatch | None = None, wall: Callable[[], float] = time.time) -> None:
+                 send_batch: SendBatch | None = None, wall: Callable[[], float] = time.time,
+                 local_replica: Any = None) -> None:
         super().__init__()
         self.name = name
+        # This node's replica actor when it runs on this actor's thread (both hosted on the node's
+        # I/O loop): puts this node coordinates are built by calling it, not by a message each way.
+        self.local_replica = local_replica
         self.membership = membership
         self._outbox = Outbox(send, send_batch)
         self.send = self._outbox.send           # sent when the batch at hand is done
@@ -344,8 +348,20 @@ class CoordinatorActor(Actor):
         request.tried.append(node)
         window = min(request.deadline - now, self.settings.timeout) / 3
         request.built_deadline = now + window * (1 + BUILD_MARGIN)
-        self._arm(req_id, request)
         hint = dict(request.targets)[node]
+        local = self.local_replica if node == self.name else None
+        if local is not None:
+            answer = local.build_here(CoordinatePut(req_id, self.name, request.key, request.value, request.context,
+                                                    hint, request.kind, request.crdt_op, request.op_id,
+                                                    request.condition, None))
+            if answer is not None:
+                if type(answer) is Built:
+                    self._on_built(req_id, request, answer)
+                    self._arm(req_id, request)
+                else:
+                    self._on_refused(req_id, request, answer)
+                return
+        self._arm(req_id, request)
         self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint,
                                       request.kind, request.crdt_op, request.op_id, request.condition,
                                       self.wall() + window))

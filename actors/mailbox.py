@@ -54,6 +54,13 @@ def hosted_by(host: Host) -> Iterator[None]:
         _hosting.host = previous
 
 
+def hosted_actor(ref: pykka.ActorRef) -> "Actor | None":
+    """The actor behind ``ref`` if it is hosted (so other actors on its host may call it directly
+    on their shared thread), else None."""
+    inbox = ref.actor_inbox
+    return inbox.actor if isinstance(inbox, HostedInbox) else None
+
+
 class HostedInbox:
     """A hosted actor's inbox: ``put`` from any thread makes the actor ready on its host."""
 
@@ -156,4 +163,4 @@ class Actor(pykka.ThreadingActor):
             pykka.ActorRegistry.stop_all()
 
 
-__all__ = ["Actor", "HostedInbox", "hosted_by"]
+__all__ = ["Actor", "HostedInbox", "hosted_actor", "hosted_by"]

@@ -29,7 +29,7 @@ from .config import ClusterConfig, load_secret
 from .errors import LeaderlessError
 from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
-from .mailbox import hosted_by
+from .mailbox import hosted_actor, hosted_by
 from .membership import Membership
 from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
                        ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip, InspectRequest,
@@ -94,7 +94,8 @@ class Node:
             self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership,
                                               hlc=self.hlc, send_batch=self.transport.send_batch)
             self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
-                                                      send_batch=self.transport.send_batch)
+                                                      send_batch=self.transport.send_batch,
+                                                      local_replica=hosted_actor(self.replica))
         self.repairer = RepairerActor.start(
             self.name, self.store, self.membership, send, self.gossiper, self.stats,
             RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,

@@ -296,14 +296,25 @@ class ReplicaActor(Actor):
             self.send(message.coordinator, Refused(message.req_id, self.name,
                                                    RequestTimeout(f"{self.name}: the request came too late to build")))
             return
+        self.send(message.coordinator, self._build(message))
+
+    def build_here(self, message: CoordinatePut) -> Built | Refused | None:
+        """The local fast path: this node's coordinator, on this replica's thread (both hosted on the
+        I/O loop), has a put built by a call instead of a ``CoordinatePut`` and a ``Built`` message.
+        None when it must go as a message: a drop holds messages back, or this actor has stopped."""
+        if self._stash is not None or self.actor_stopped.is_set():
+            return None
+        return self._build(message)
+
+    def _build(self, message: CoordinatePut) -> Built | Refused:
+        """Build the new version, stage it, and queue its ack for after the commit."""
         try:
             obj = build(self._current(message.key), message, self.actor_id, self.hlc)
         except LeaderlessError as exc:
-            self.send(message.coordinator, Refused(message.req_id, self.name, exc))
-            return
-        self.send(message.coordinator, Built(message.req_id, self.name, obj))
+            return Refused(message.req_id, self.name, exc)
         self._stage(message.key, obj, message.hint_for)
         self._acks.append((message.coordinator, Ack(message.req_id, self.name, True)))
+        return Built(message.req_id, self.name, obj)
 
     def _replica_put(self, message: ReplicaPut) -> None:
         changed = self._merge(message.key, message.obj, message.hint_for)

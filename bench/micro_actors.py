@@ -77,7 +77,7 @@ class Harness:
                 hlc=HybridClock(name), send_batch=send_batch)
             self.actors[(name, "coordinator")] = CoordinatorActor(
                 name, membership, lambda dest, m, sb=send_batch: sb(dest, [m]), Settings(timeout=30.0), stats,
-                send_batch=send_batch)
+                send_batch=send_batch, local_replica=self.actors[(name, "replica")])
 
     def _sender(self, src: str) -> Any:
         def send_batch(dest: str, messages: list[Any]) -> None:

@@ -10,13 +10,17 @@ from typing import Any
 import pykka
 import pytest
 
+from actors.coordinator import CoordinatorActor, Settings
 from actors.ioloop import IOLoop
-from actors.mailbox import Actor, hosted_by
+from actors.mailbox import Actor, hosted_actor, hosted_by
 from actors.membership import Membership
 from actors.messages import (
     Ack,
     Acks,
     Batch,
+    Built,
+    ClientPut,
+    CoordinatePut,
     Drop,
     ReplicaGet,
     ReplicaGetReply,
@@ -28,6 +32,7 @@ from actors.stats import Stats
 from storage import versions
 from storage.codec import decode_object
 from storage.store import MemoryStore, StoreFull
+from fakes import FakeConnection
 
 WAIT = 5.0
 
@@ -192,3 +197,84 @@ def test_a_drop_behind_an_ack_waiting_for_the_commit_in_flight_runs_once_that_co
         acked += acked_ids(next_of(sent, (Ack, Acks)))
     assert next_of(sent, ReplicaGetReply).obj is None        # the read waited for the drop
     assert store.get("j") is None and store.get("k") == obj
+
+
+class OwnNode:
+    """A coordinator and its node's replica hosted on one loop, wired as ``Node`` wires them; the
+    test plays the network: every message they send lands on ``sent``, and ``route`` delivers one."""
+
+    def __init__(self, loop: IOLoop, store: GatedStore) -> None:
+        self.sent: queue.Queue[tuple[str, Any]] = queue.Queue()
+        ring = Ring(["n1", "n2", "n3"], partitions=8, target_n=3)
+        membership = Membership("n1", ring)
+        membership.publish({node: "up" for node in ring.nodes})
+        self.stats = Stats()
+
+        def send(dest: str, message: Any) -> None:
+            self.sent.put((dest, message))
+
+        with hosted_by(loop):
+            self.replica = ReplicaActor.start("n1", store, send, Stats(), membership)
+            self.coordinator = CoordinatorActor.start("n1", membership, send, Settings(), self.stats,
+                                                      local_replica=hosted_actor(self.replica))
+
+    def route(self, dest: str, message: Any) -> None:
+        """Deliver one sent message: to this node's actors, or as the remote replica's ack."""
+        if dest != "n1":
+            if isinstance(message, ReplicaPut):
+                self.coordinator.tell(Ack(message.req_id, dest, True))
+        elif isinstance(message, (Ack, Acks, Built)):
+            self.coordinator.tell(message)
+        else:
+            self.replica.tell(message)
+
+    def run_until_replied(self, conn: FakeConnection) -> list[tuple[str, Any]]:
+        """Route what is sent until ``conn`` has its reply; everything routed, in order."""
+        routed = []
+        while conn.replies.empty():
+            try:
+                dest, message = self.sent.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            routed.append((dest, message))
+            self.route(dest, message)
+            assert len(routed) < 100, routed
+        return routed
+
+    def stop(self) -> None:
+        self.coordinator.stop(timeout=WAIT)
+        self.replica.stop(timeout=WAIT)
+
+
+def test_a_coordinator_has_its_own_replica_build_a_put_by_a_call_and_by_a_message_while_a_drop_holds_messages(
+        loop: IOLoop) -> None:
+    store = GatedStore()
+    store.gate.set()
+    node = OwnNode(loop, store)
+    try:
+        conn = FakeConnection()
+        node.coordinator.tell(ClientPut(1, "k", b"v1", (), reply_to=conn))
+        routed = node.run_until_replied(conn)
+        assert conn.ok() and versions.values(store.get("k")) == [b"v1"]
+        kinds = {type(message) for _, message in routed}
+        assert CoordinatePut not in kinds and Built not in kinds          # built by a call, no message either way
+        assert sorted(dest for dest, message in routed if isinstance(message, ReplicaPut)) == ["n2", "n3"]
+
+        # A drop waits for the commit in flight, and holds back what comes after it: a put now goes
+        # to the replica as a message, built only after the drop.
+        store.gate.clear()
+        store.entered.clear()
+        node.replica.tell(ReplicaPut(99, "n2", "j", versions.update(None, (), b"j", "n2.x"), None))
+        assert store.entered.wait(WAIT)
+        node.replica.tell(Drop([("gone", versions.update(None, (), b"x", "n2.x"))], "handoff"))
+        conn = FakeConnection()
+        node.coordinator.tell(ClientPut(2, "k", b"v2", (), reply_to=conn))
+        dest, message = node.sent.get(timeout=WAIT)
+        assert (dest, type(message)) == ("n1", CoordinatePut)
+        node.route(dest, message)
+        store.gate.set()
+        node.run_until_replied(conn)
+        assert conn.ok() and sorted(versions.values(store.get("k"))) == [b"v1", b"v2"]
+    finally:
+        store.gate.set()
+        node.stop()
