@@ -201,7 +201,8 @@ class CoordinatorActor(Actor):
         super().__init__()
         self.name = name
         # This node's replica actor when it runs on this actor's thread (both hosted on the node's
-        # I/O loop): puts this node coordinates are built by calling it, not by a message each way.
+        # I/O loop): puts this node coordinates are built, and reads answered, by calling it, not by
+        # a message each way.
         self.local_replica = local_replica
         self.membership = membership
         self._outbox = Outbox(send, send_batch)
@@ -402,11 +403,11 @@ class CoordinatorActor(Actor):
         if request.state == "waiting_answers" and not request.tally.enough:
             self._ask_spare(req_id, request)
         if request.state == "waiting_answers" and request.tally.hopeless:
-            del self.requests[req_id]
+            self.requests.pop(req_id, None)
             self._fail_get(request)
         elif request.tally.final:
             self._read_repair(req_id, request)
-            del self.requests[req_id]
+            self.requests.pop(req_id, None)
 
     def _on_built(self, req_id: int, request: PutRequest, message: Built) -> None:
         if request.state != "waiting_built" or message.node != request.coordinating:
@@ -512,8 +513,18 @@ class CoordinatorActor(Actor):
 
     def _ask(self, req_id: int, request: GetRequest, nodes: list[str]) -> None:
         request.tally.targets += tuple(nodes)
+        here = False
         for node in nodes:
-            self.send(node, ReplicaGet(req_id, self.name, request.key))
+            if node == self.name and self.local_replica is not None:
+                here = True                       # asked last, by a call: its answer may finish the read
+            else:
+                self.send(node, ReplicaGet(req_id, self.name, request.key))
+        if here:
+            done, answer = self.local_replica.answer_here(request.key)
+            if done:
+                self._on_answer(req_id, request, ReplicaGetReply(req_id, self.name, answer))
+            else:
+                self.send(self.name, ReplicaGet(req_id, self.name, request.key))
 
     def _ask_spare(self, req_id: int, request: GetRequest) -> bool:
         """Ask the best replica not asked yet; False if there is none."""
@@ -576,7 +587,7 @@ class CoordinatorActor(Actor):
                 request.tally = ReadTally(needed=request.tally.needed, targets=request.tally.targets)
                 self.stats.incr("get.session_retries")
             else:
-                del self.requests[req_id]
+                self.requests.pop(req_id, None)
 
     def _result(self, bucket_type: str, merged: Obj | None, context: tuple) -> GetResult | Value:
         if bucket_type in ("siblings", "lww"):

@@ -306,6 +306,13 @@ class ReplicaActor(Actor):
             return None
         return self._build(message)
 
+    def answer_here(self, key: str) -> tuple[bool, Obj | bytes | None]:
+        """The local fast path for reads: ``(True, what a ReplicaGet would answer)``, or ``(False, None)``
+        when the read must go as a message (a drop holds messages back, or this actor has stopped)."""
+        if self._stash is not None or self.actor_stopped.is_set():
+            return False, None
+        return True, self._answer(key)
+
     def _build(self, message: CoordinatePut) -> Built | Refused:
         """Build the new version, stage it, and queue its ack for after the commit."""
         try:

@@ -33,6 +33,19 @@ def seen_down(cluster: LocalCluster, watchers: list[str], dead: list[str]) -> bo
     return all(status[w]["members"][d] == "down" for w in watchers for d in dead)
 
 
+# Phi accrual convicts a peer after about 18 of its mean heartbeat intervals of silence (phi 8:
+# 8 * ln 10), 9 s at the default half-second gossip and more when a loaded machine delays
+# heartbeats, so a partition gets this long to be seen.
+PARTITION_SEEN = 40.0
+
+
+def wait_split(cluster: LocalCluster, left: list[str], right: list[str]) -> None:
+    """Wait until each side of a partition sees the other side down."""
+    wait_for(lambda: seen_down(cluster, left, right) and seen_down(cluster, right, left), PARTITION_SEEN,
+             "both sides see the other down",
+             explain=lambda: {n: s["members"] for n, s in cluster.status().items()})
+
+
 # --- buckets ----------------------------------------------------------------------------------
 
 def test_a_bucket_is_created_once_and_known_to_every_node(shared_cluster: LocalCluster) -> None:
@@ -128,7 +141,7 @@ def test_a_cart_edited_on_both_sides_of_a_partition_converges_to_the_add_wins_re
     carts = cluster.client().create_bucket("carts", type="set")
     carts.add_all("priya", ["milk", "eggs", "bread"], w=3)
     cluster.partition(["n1", "n2"], ["n3", "n4"])
-    wait_for(lambda: seen_down(cluster, ["n1", "n2"], ["n3", "n4"]) and seen_down(cluster, ["n3", "n4"], ["n1", "n2"]))
+    wait_split(cluster, ["n1", "n2"], ["n3", "n4"])
     left = cluster.client(nodes=["n1", "n2"]).bucket("carts")
     right = cluster.client(nodes=["n3", "n4"]).bucket("carts")
     left.remove("priya", "milk", w=1)       # removed on one side...
@@ -149,7 +162,7 @@ def test_a_counter_split_two_two_reads_three_everywhere_after_heal(make_cluster)
     cluster = make_cluster(nodes=4, **FAST)
     cluster.client().create_bucket("hits", type="counter")
     cluster.partition(["n1", "n2"], ["n3", "n4"])
-    wait_for(lambda: seen_down(cluster, ["n1", "n2"], ["n3", "n4"]) and seen_down(cluster, ["n3", "n4"], ["n1", "n2"]))
+    wait_split(cluster, ["n1", "n2"], ["n3", "n4"])
     cluster.client(nodes=["n1", "n2"]).bucket("hits").increment("c", 5, w=1)
     cluster.client(nodes=["n3", "n4"]).bucket("hits").decrement("c", 2, w=1)
     cluster.heal()
@@ -220,7 +233,8 @@ def test_a_session_reads_its_own_write_even_through_a_node_cut_off_from_it(make_
     client = cluster.client(nodes=[owners[0]])
     client.put(key, b"v1", w=3)
     cluster.partition([stale, outsider], [n for n in cluster.nodes if n not in (stale, outsider)])
-    wait_for(lambda: seen_down(cluster, [outsider], writer_side))
+    wait_for(lambda: seen_down(cluster, [outsider], writer_side), PARTITION_SEEN, "the writers seen down",
+             explain=lambda: cluster.status()[outsider]["members"])
     with cluster.client(nodes=[owners[0]]).session() as writer:
         ctx = writer.get(key).context
         writer.put(key, b"v2", context=ctx, w=2)              # lands on the writer side only

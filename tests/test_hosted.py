@@ -19,6 +19,7 @@ from actors.messages import (
     Acks,
     Batch,
     Built,
+    ClientGet,
     ClientPut,
     CoordinatePut,
     Drop,
@@ -205,6 +206,7 @@ class OwnNode:
 
     def __init__(self, loop: IOLoop, store: GatedStore) -> None:
         self.sent: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.store = store
         ring = Ring(["n1", "n2", "n3"], partitions=8, target_n=3)
         membership = Membership("n1", ring)
         membership.publish({node: "up" for node in ring.nodes})
@@ -215,15 +217,17 @@ class OwnNode:
 
         with hosted_by(loop):
             self.replica = ReplicaActor.start("n1", store, send, Stats(), membership)
-            self.coordinator = CoordinatorActor.start("n1", membership, send, Settings(), self.stats,
-                                                      local_replica=hosted_actor(self.replica))
+            self.coordinator = CoordinatorActor.start("n1", membership, send, Settings(read_repair_chance=0.0),
+                                                      self.stats, local_replica=hosted_actor(self.replica))
 
     def route(self, dest: str, message: Any) -> None:
         """Deliver one sent message: to this node's actors, or as the remote replica's ack."""
         if dest != "n1":
             if isinstance(message, ReplicaPut):
                 self.coordinator.tell(Ack(message.req_id, dest, True))
-        elif isinstance(message, (Ack, Acks, Built)):
+            elif isinstance(message, ReplicaGet):          # the remote replicas hold what this one holds
+                self.coordinator.tell(ReplicaGetReply(message.req_id, dest, self.store.get(message.key)))
+        elif isinstance(message, (Ack, Acks, Built, ReplicaGetReply)):
             self.coordinator.tell(message)
         else:
             self.replica.tell(message)
@@ -246,7 +250,7 @@ class OwnNode:
         self.replica.stop(timeout=WAIT)
 
 
-def test_a_coordinator_has_its_own_replica_build_a_put_by_a_call_and_by_a_message_while_a_drop_holds_messages(
+def test_a_coordinator_calls_its_own_replica_to_build_and_to_read_and_sends_messages_while_a_drop_holds_them(
         loop: IOLoop) -> None:
     store = GatedStore()
     store.gate.set()
@@ -256,25 +260,39 @@ def test_a_coordinator_has_its_own_replica_build_a_put_by_a_call_and_by_a_messag
         node.coordinator.tell(ClientPut(1, "k", b"v1", (), reply_to=conn))
         routed = node.run_until_replied(conn)
         assert conn.ok() and versions.values(store.get("k")) == [b"v1"]
-        kinds = {type(message) for _, message in routed}
-        assert CoordinatePut not in kinds and Built not in kinds          # built by a call, no message either way
+        assert not [m for dest, m in routed if dest == "n1" and isinstance(m, (CoordinatePut, Built))]
         assert sorted(dest for dest, message in routed if isinstance(message, ReplicaPut)) == ["n2", "n3"]
 
-        # A drop waits for the commit in flight, and holds back what comes after it: a put now goes
-        # to the replica as a message, built only after the drop.
+        conn = FakeConnection()
+        node.coordinator.tell(ClientGet(2, "k", r=2, reply_to=conn))
+        routed = node.run_until_replied(conn)
+        assert conn.ok().values == [b"v1"]
+        asked = [dest for dest, message in routed if isinstance(message, ReplicaGet)]
+        assert len(asked) == 1 and asked[0] != "n1"       # this node's replica answered by a call
+
+        # A drop waits for the commit in flight, and holds back what comes after it: a put and a read
+        # now go to the replica as messages, handled only after the drop.
         store.gate.clear()
         store.entered.clear()
         node.replica.tell(ReplicaPut(99, "n2", "j", versions.update(None, (), b"j", "n2.x"), None))
         assert store.entered.wait(WAIT)
         node.replica.tell(Drop([("gone", versions.update(None, (), b"x", "n2.x"))], "handoff"))
         conn = FakeConnection()
-        node.coordinator.tell(ClientPut(2, "k", b"v2", (), reply_to=conn))
+        node.coordinator.tell(ClientPut(3, "k", b"v2", (), reply_to=conn))
         dest, message = node.sent.get(timeout=WAIT)
         assert (dest, type(message)) == ("n1", CoordinatePut)
+        reader = FakeConnection()
+        node.coordinator.tell(ClientGet(4, "j", r=2, reply_to=reader))
+        asked = [node.sent.get(timeout=WAIT), node.sent.get(timeout=WAIT)]
+        assert sorted((d, type(m).__name__) for d, m in asked)[0] == ("n1", "ReplicaGet")
         node.route(dest, message)
+        for dest, message in asked:
+            node.route(dest, message)
         store.gate.set()
         node.run_until_replied(conn)
         assert conn.ok() and sorted(versions.values(store.get("k"))) == [b"v1", b"v2"]
+        node.run_until_replied(reader)
+        assert reader.ok().values == [b"j"]
     finally:
         store.gate.set()
         node.stop()

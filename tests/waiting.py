@@ -11,15 +11,22 @@ from typing import Any
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
-             interval: float = 0.1) -> Any:
-    """Return ``predicate()``'s first truthy value; fail the test if none comes within ``timeout`` seconds."""
+             interval: float = 0.1, explain: Callable[[], Any] | None = None) -> Any:
+    """Return ``predicate()``'s first truthy value; fail the test if none comes within ``timeout`` seconds
+    (the failure shows ``explain()``, the state the condition looked at, when given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"{what}: not met within {timeout}s")
+    detail = ""
+    if explain is not None:
+        try:
+            detail = f"; at the end: {explain()!r}"
+        except Exception as exc:  # noqa: BLE001 - the timeout is the failure to report
+            detail = f"; explaining it failed: {exc!r}"
+    raise AssertionError(f"{what}: not met within {timeout}s{detail}")
 
 
 def processes_using(directory: Path | str) -> list[int]:
