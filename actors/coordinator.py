@@ -150,7 +150,7 @@ def validate_value(value: Any) -> bytes | None:
 
 
 def validate_context(context: Any) -> tuple[tuple[str, int], ...]:
-    if context is None:
+    if context is None or context == ():
         return ()
     try:
         pairs = tuple(sorted((a, c) for a, c in context))
@@ -239,8 +239,9 @@ class CoordinatorActor(Actor):
             requests, node = self.requests, message.node
             for req_id in message.req_ids:
                 request = requests.get(req_id)
-                if request is not None and isinstance(request, PutRequest):
-                    self._on_ack(req_id, request, Ack(req_id, node, True))
+                if request is not None and type(request) is PutRequest:
+                    request.tally.add_ack(node)
+                    self._after_ack(req_id, request)
             return
         if isinstance(message, (Ack, Built, ReplicaGetReply, Unreachable, Refused)):
             request = self.requests.get(message.req_id)
@@ -318,13 +319,13 @@ class CoordinatorActor(Actor):
                      op: str, *, kind: str, value: bytes | None = None, context: tuple = (),
                      crdt_op: tuple | None = None, op_id: str | None = None, condition: tuple | None = None) -> None:
         targets = self.membership.preference_list(key, props.n)
-        tally = WriteTally(needed=w, targets=tuple(node for node, _ in targets))
+        nodes = [node for node, _ in targets]
+        tally = WriteTally(needed=w, targets=tuple(nodes))
         if tally.hopeless:
             down = sorted(self.membership.down & set(self.membership.primaries(key, props.n)))
             self._reply(reply_to, client_req_id, False, QuorumFailed(needed=w, got=0, replicas=[], op=op, down=down),
                         f"{op}.quorum_failed")
             return
-        nodes = [node for node, _ in targets]
         # Operations and conditions go to the key's first replica, so a retry (with the same
         # op id) and a check meet the same state; plain writes take the local fast path.
         local = kind in ("siblings", "lww") and condition is None and self.name in nodes
@@ -349,7 +350,7 @@ class CoordinatorActor(Actor):
         request.tried.append(node)
         window = min(request.deadline - now, self.settings.timeout) / 3
         request.built_deadline = now + window * (1 + BUILD_MARGIN)
-        hint = dict(request.targets)[node]
+        hint = next(h for target, h in request.targets if target == node)
         local = self.local_replica if node == self.name else None
         if local is not None:
             answer = local.build_here(CoordinatePut(req_id, self.name, request.key, request.value, request.context,
@@ -414,9 +415,15 @@ class CoordinatorActor(Actor):
             return
         request.obj = message.obj
         request.state = "waiting_acks"
+        plain = None                                     # one message for every target without a hint
         for node, hint in request.targets:
             if node != request.coordinating:
-                self.send(node, ReplicaPut(req_id, self.name, request.key, message.obj, hint))
+                if hint is None:
+                    if plain is None:
+                        plain = ReplicaPut(req_id, self.name, request.key, message.obj, None)
+                    self.send(node, plain)
+                else:
+                    self.send(node, ReplicaPut(req_id, self.name, request.key, message.obj, hint))
 
     def _on_ack(self, req_id: int, request: PutRequest, message: Ack) -> None:
         if message.ok:
@@ -425,17 +432,23 @@ class CoordinatorActor(Actor):
             request.tally.add_failure(message.node, message.error)
             if message.error is not None:
                 request.nacked.add(message.node)
+        self._after_ack(req_id, request)
+
+    def _after_ack(self, req_id: int, request: PutRequest) -> None:
+        """An ack or a failure was counted: answer at W acks (or when W is out of reach), finish when all are in."""
+        tally = request.tally
+        acked = len(tally.acked)                     # (the tally's properties, inlined: once per ack)
         if request.state == "answered":
             self.stats.incr("put.late_acks")
-        elif request.tally.enough and request.obj is not None:
+        elif acked >= tally.needed and request.obj is not None:
             request.state = "answered"
             self._reply(request.reply_to, request.client_req_id, True, objects.context(request.obj),
-                        f"{request.op}.ok")
-        elif request.tally.hopeless:
+                        "put.ok" if request.op == "put" else f"{request.op}.ok")
+        elif tally.hopeless:
             self._fail_put(request)
             self._finish_put(req_id, request)
             return
-        if request.tally.final:
+        if acked + len(tally.failed) >= len(tally.targets):
             self._finish_put(req_id, request)
 
     def _finish_put(self, req_id: int, request: PutRequest) -> None:
@@ -445,9 +458,12 @@ class CoordinatorActor(Actor):
         self.requests.pop(req_id, None)
         if request.obj is None:
             return
-        if len(request.tally.acked) == len(request.targets) == request.n and \
-                all(hint is None for _, hint in request.targets):
-            return                                       # every primary acknowledged: nothing to hint
+        if len(request.tally.acked) == len(request.targets) == request.n:
+            for _, hint in request.targets:
+                if hint is not None:
+                    break
+            else:
+                return                                   # every primary acknowledged: nothing to hint
         acked = set(request.tally.acked)
         covered = acked | {hint for node, hint in request.targets if hint is not None and node in acked}
         missing = [p for p in self.membership.primaries(request.key, request.n)
