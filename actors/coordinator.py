@@ -353,9 +353,14 @@ class CoordinatorActor(Actor):
         hint = next(h for target, h in request.targets if target == node)
         local = self.local_replica if node == self.name else None
         if local is not None:
-            answer = local.build_here(CoordinatePut(req_id, self.name, request.key, request.value, request.context,
-                                                    hint, request.kind, request.crdt_op, request.op_id,
-                                                    request.condition, None))
+            try:
+                answer = local.build_here(CoordinatePut(req_id, self.name, request.key, request.value,
+                                                        request.context, hint, request.kind, request.crdt_op,
+                                                        request.op_id, request.condition, None))
+            except Exception:  # as when the replica fails on a CoordinatePut: silence, then the next replica
+                log.exception("coordinator %s: building %r here failed", self.name, request.key)
+                self._arm(req_id, request)
+                return
             if answer is not None:
                 if type(answer) is Built:
                     self._on_built(req_id, request, answer)
@@ -536,7 +541,11 @@ class CoordinatorActor(Actor):
             else:
                 self.send(node, ReplicaGet(req_id, self.name, request.key))
         if here:
-            done, answer = self.local_replica.answer_here(request.key)
+            try:
+                done, answer = self.local_replica.answer_here(request.key)
+            except Exception:  # as when the replica fails on a ReplicaGet: no answer from it
+                log.exception("coordinator %s: reading %r here failed", self.name, request.key)
+                return
             if done:
                 self._on_answer(req_id, request, ReplicaGetReply(req_id, self.name, answer))
             else:

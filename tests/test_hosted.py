@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,12 +27,13 @@ from actors.messages import (
     ReplicaGet,
     ReplicaGetReply,
     ReplicaPut,
+    Tick,
 )
 from actors.replica import ReplicaActor
 from actors.ring import Ring
 from actors.stats import Stats
 from storage import versions
-from storage.codec import decode_object
+from storage.codec import CodecError, decode_object
 from storage.store import MemoryStore, StoreFull
 from fakes import FakeConnection
 
@@ -206,7 +208,7 @@ class OwnNode:
 
     def __init__(self, loop: IOLoop, store: GatedStore) -> None:
         self.sent: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.store = store
+        self.remote: dict[str, Any] = {}                   # what the other replicas were sent, by key
         ring = Ring(["n1", "n2", "n3"], partitions=8, target_n=3)
         membership = Membership("n1", ring)
         membership.publish({node: "up" for node in ring.nodes})
@@ -223,22 +225,32 @@ class OwnNode:
     def route(self, dest: str, message: Any) -> None:
         """Deliver one sent message: to this node's actors, or as the remote replica's ack."""
         if dest != "n1":
-            if isinstance(message, ReplicaPut):
+            if isinstance(message, CoordinatePut):          # built there (a write nobody wrote before)
+                self.remote[message.key] = versions.update(None, (), message.value, f"{dest}.x")
+                self.coordinator.tell(Built(message.req_id, dest, self.remote[message.key]))
                 self.coordinator.tell(Ack(message.req_id, dest, True))
-            elif isinstance(message, ReplicaGet):          # the remote replicas hold what this one holds
-                self.coordinator.tell(ReplicaGetReply(message.req_id, dest, self.store.get(message.key)))
+            elif isinstance(message, ReplicaPut):
+                self.remote[message.key] = message.obj
+                self.coordinator.tell(Ack(message.req_id, dest, True))
+            elif isinstance(message, ReplicaGet):          # the remote replicas hold what was sent them
+                self.coordinator.tell(ReplicaGetReply(message.req_id, dest, self.remote.get(message.key)))
         elif isinstance(message, (Ack, Acks, Built, ReplicaGetReply)):
             self.coordinator.tell(message)
         else:
             self.replica.tell(message)
 
-    def run_until_replied(self, conn: FakeConnection) -> list[tuple[str, Any]]:
-        """Route what is sent until ``conn`` has its reply; everything routed, in order."""
+    def run_until_replied(self, conn: FakeConnection, tick: float = 0.0) -> list[tuple[str, Any]]:
+        """Route what is sent until ``conn`` has its reply (telling the coordinator a ``Tick`` ``tick``
+        seconds ahead whenever nothing is sent); everything routed, in order."""
         routed = []
+        deadline = time.monotonic() + WAIT
         while conn.replies.empty():
+            assert time.monotonic() < deadline, f"no reply within {WAIT}s; routed {routed}"
             try:
                 dest, message = self.sent.get(timeout=0.05)
             except queue.Empty:
+                if tick:
+                    self.coordinator.tell(Tick(time.monotonic() + tick))
                 continue
             routed.append((dest, message))
             self.route(dest, message)
@@ -295,4 +307,39 @@ def test_a_coordinator_calls_its_own_replica_to_build_and_to_read_and_sends_mess
         assert reader.ok().values == [b"j"]
     finally:
         store.gate.set()
+        node.stop()
+
+
+class UnreadableStore(GatedStore):
+    """A store whose record of one key cannot be decoded (a corrupt record)."""
+
+    def get(self, key: str) -> Any:
+        if key == "bad":
+            raise CodecError("corrupt record")
+        return super().get(key)
+
+    def get_records(self, keys: Any) -> dict[str, bytes | None]:
+        if "bad" in keys:
+            raise CodecError("corrupt record")
+        return super().get_records(keys)
+
+
+def test_when_its_own_replica_fails_on_a_key_the_coordinator_goes_on_as_if_that_replica_were_silent(
+        loop: IOLoop) -> None:
+    store = UnreadableStore()
+    store.gate.set()
+    node = OwnNode(loop, store)
+    try:
+        conn = FakeConnection()
+        node.coordinator.tell(ClientPut(1, "bad", b"v", (), reply_to=conn))
+        routed = node.run_until_replied(conn, tick=2.0)      # the build window passes: the next replica
+        assert conn.ok()
+        assert [dest for dest, m in routed if isinstance(m, CoordinatePut)] in (["n2"], ["n3"])
+        reader = FakeConnection()
+        node.coordinator.tell(ClientGet(2, "bad", r=2, reply_to=reader))
+        routed = node.run_until_replied(reader, tick=2.0)    # no local answer: a spare replica is asked
+        assert reader.ok().values == [b"v"]
+        assert sorted(dest for dest, m in routed if isinstance(m, ReplicaGet)) == ["n2", "n3"]
+        assert node.coordinator.is_alive() and node.replica.is_alive()
+    finally:
         node.stop()
