@@ -499,7 +499,8 @@ class CoordinatorActor(Actor):
             self._reply(message.reply_to, message.req_id, False, exc, "get.invalid")
             return
         targets = self.membership.preference_list(key, props.n)
-        tally = ReadTally(needed=r, targets=tuple(node for node, _ in targets))
+        nodes = [node for node, _ in targets]
+        tally = ReadTally(needed=r, targets=tuple(nodes))
         if tally.hopeless:
             down = sorted(self.membership.down & set(self.membership.primaries(key, props.n)))
             self._reply(message.reply_to, message.req_id, False,
@@ -510,7 +511,7 @@ class CoordinatorActor(Actor):
         request = GetRequest(message.req_id, message.reply_to, key, targets, tally, now + timeout,
                              bucket_type=props.type, min_context=min_context, started=now)
         self.requests[req_id] = request
-        order = self._read_order([node for node, _ in targets])
+        order = self._read_order(nodes)
         if r < len(order) and self._random.random() >= self.settings.read_repair_chance:
             request.spare = order[r:]
             order = order[:r]
@@ -524,7 +525,10 @@ class CoordinatorActor(Actor):
         lately (Cassandra's dynamic snitch, without the periodic reset: the reads that ask every
         replica, and the speculative ones, keep every replica's figure fresh)."""
         latency = self._replica_latency
-        return sorted(nodes, key=lambda node: -1.0 if node == self.name else latency.get(node, 0.0))
+        others = [node for node in nodes if node != self.name]
+        if len(others) > 1:
+            others.sort(key=lambda node: latency.get(node, 0.0))
+        return others if len(others) == len(nodes) else [self.name, *others]
 
     def _speculation_delay(self, timeout: float) -> float:
         """How long a read waits for its r replicas before asking one more: TCP's retransmission

@@ -618,6 +618,12 @@ def _ring_from_data(data: dict[str, Any]) -> Ring:
     return Ring.from_data(data)
 
 
+# Every request hashes its key (SHA-1) to find its replicas: the hashes of recent keys are kept,
+# up to HASH_CACHE of them (then forgotten all at once). A hash depends on the key alone.
+HASH_CACHE = 1 << 14
+_HASHES: dict[str, int] = {}
+
+
 class Ring:
     """An immutable partition ring: who owns each of Q partitions, and preference lists from it."""
 
@@ -693,6 +699,13 @@ class Ring:
 
     def partition_of(self, key: str | bytes) -> int:
         """The partition ``key`` hashes into: ``key_hash(key) // (2**160 // Q)``."""
+        if type(key) is str:
+            khash = _HASHES.get(key)
+            if khash is None:
+                if len(_HASHES) >= HASH_CACHE:
+                    _HASHES.clear()
+                khash = _HASHES[key] = self.key_hash(key)
+            return khash >> self._shift
         return self.key_hash(key) >> self._shift
 
     def partition_of_hash(self, khash: int) -> int:

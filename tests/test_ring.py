@@ -376,3 +376,19 @@ def test_from_data_rejects_malformed_rings(data: object, message: str) -> None:
 
 def test_a_ring_error_is_a_value_error() -> None:
     assert issubclass(RingError, ValueError)
+
+
+def test_partitions_stay_right_while_the_cache_of_key_hashes_fills_and_is_forgotten(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import ring as ring_module
+    monkeypatch.setattr(ring_module, "HASH_CACHE", 50)
+    monkeypatch.setattr(ring_module, "_HASHES", {})
+    small, big = Ring(["a", "b"], partitions=8), Ring(["a", "b", "c"], partitions=64)
+    keys = [f"key{i}" for i in range(120)] + ["ключ", "key0", "key1"]
+    for _ in range(2):                                     # cold, then partly remembered
+        for key in keys:
+            digest = int.from_bytes(hashlib.sha1(key.encode()).digest(), "big")
+            assert small.partition_of(key) == digest // (2**160 // 8)
+            assert big.partition_of(key) == digest // (2**160 // 64)
+            assert big.partition_of(key.encode()) == big.partition_of(key)
+    assert len(ring_module._HASHES) <= 50
