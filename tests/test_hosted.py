@@ -207,6 +207,8 @@ class OwnNode:
     test plays the network: every message they send lands on ``sent``, and ``route`` delivers one."""
 
     def __init__(self, loop: IOLoop, store: GatedStore) -> None:
+        store.gate.set()                                    # the disk is fast unless a test closes the gate
+        self.store = store
         self.sent: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.remote: dict[str, Any] = {}                   # what the other replicas were sent, by key
         ring = Ring(["n1", "n2", "n3"], partitions=8, target_n=3)
@@ -257,7 +259,17 @@ class OwnNode:
             assert len(routed) < 100, routed
         return routed
 
-    def stop(self) -> None:
+    def put(self, req_id: int, key: str, value: bytes, tick: float = 0.0) -> tuple[FakeConnection, list[Any]]:
+        """A client put through this node's coordinator, run until answered: its connection, what was routed."""
+        conn = FakeConnection()
+        self.coordinator.tell(ClientPut(req_id, key, value, (), reply_to=conn))
+        return conn, self.run_until_replied(conn, tick)
+
+    def __enter__(self) -> "OwnNode":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.store.gate.set()                               # a commit a failed test left waiting goes on
         self.coordinator.stop(timeout=WAIT)
         self.replica.stop(timeout=WAIT)
 
@@ -265,12 +277,8 @@ class OwnNode:
 def test_a_coordinator_calls_its_own_replica_to_build_and_to_read_and_sends_messages_while_a_drop_holds_them(
         loop: IOLoop) -> None:
     store = GatedStore()
-    store.gate.set()
-    node = OwnNode(loop, store)
-    try:
-        conn = FakeConnection()
-        node.coordinator.tell(ClientPut(1, "k", b"v1", (), reply_to=conn))
-        routed = node.run_until_replied(conn)
+    with OwnNode(loop, store) as node:
+        conn, routed = node.put(1, "k", b"v1")
         assert conn.ok() and versions.values(store.get("k")) == [b"v1"]
         assert not [m for dest, m in routed if dest == "n1" and isinstance(m, (CoordinatePut, Built))]
         assert sorted(dest for dest, message in routed if isinstance(message, ReplicaPut)) == ["n2", "n3"]
@@ -305,9 +313,6 @@ def test_a_coordinator_calls_its_own_replica_to_build_and_to_read_and_sends_mess
         assert conn.ok() and sorted(versions.values(store.get("k"))) == [b"v1", b"v2"]
         node.run_until_replied(reader)
         assert reader.ok().values == [b"j"]
-    finally:
-        store.gate.set()
-        node.stop()
 
 
 class UnreadableStore(GatedStore):
@@ -326,13 +331,8 @@ class UnreadableStore(GatedStore):
 
 def test_when_its_own_replica_fails_on_a_key_the_coordinator_goes_on_as_if_that_replica_were_silent(
         loop: IOLoop) -> None:
-    store = UnreadableStore()
-    store.gate.set()
-    node = OwnNode(loop, store)
-    try:
-        conn = FakeConnection()
-        node.coordinator.tell(ClientPut(1, "bad", b"v", (), reply_to=conn))
-        routed = node.run_until_replied(conn, tick=1.5)      # the build window (1.25 s) passes: the next replica
+    with OwnNode(loop, UnreadableStore()) as node:
+        conn, routed = node.put(1, "bad", b"v", tick=1.5)   # the build window (1.25 s) passes: the next replica
         assert conn.ok()
         assert [dest for dest, m in routed if isinstance(m, CoordinatePut)] in (["n2"], ["n3"])
         reader = FakeConnection()
@@ -341,5 +341,3 @@ def test_when_its_own_replica_fails_on_a_key_the_coordinator_goes_on_as_if_that_
         assert reader.ok().values == [b"v"]
         assert sorted(dest for dest, m in routed if isinstance(m, ReplicaGet)) == ["n2", "n3"]
         assert node.coordinator.is_alive() and node.replica.is_alive()
-    finally:
-        node.stop()
