@@ -5,6 +5,7 @@
     obj = client.get("cart:priya")                  # obj.values (siblings), obj.context
     client.put("cart:priya", b"milk,eggs", context=obj.context)
     futures = [client.put_async(f"k{i}", b"v") for i in range(1000)]
+    futures[0].add_done_callback(lambda f: ...)    # runs when the reply is in (client's I/O thread)
 
 One authenticated connection per node, opened on first use; many requests in flight on
 each (pipelining); replies matched by request id. Requests go round-robin over the
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -60,6 +61,7 @@ class Future(pykka.ThreadingFuture):
         self._result: Any = None
         self._ready = threading.Lock()
         self._ready.acquire()
+        self._callbacks: list[Callable[[Future], None]] | None = None
 
     def get(self, timeout: float | None = None) -> Any:
         if self._result is None:
@@ -85,11 +87,41 @@ class Future(pykka.ThreadingFuture):
         pykka.Future.set_get_hook(self, func)
         self._ready.release()
 
+    def add_done_callback(self, fn: Callable[[Future], None]) -> None:
+        """Call ``fn(future)`` once the reply (or the failure) is in; at once, on this thread, if it already is.
+
+        Otherwise ``fn`` runs on the client's I/O thread, so it must not block: it may read the result with
+        ``get(0)`` and send further requests. Pipelined scripts use it to keep requests in flight
+        without a thread waiting on each one. An exception from ``fn`` is logged and ignored.
+        """
+        with _CALLBACKS:
+            if self._result is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        _run_callback(fn, self)
+
     def _complete(self, result: tuple[Any, Any]) -> None:
         if self._result is not None:
             raise queue.Full
-        self._result = result
+        with _CALLBACKS:
+            self._result = result
+            callbacks, self._callbacks = self._callbacks, None
         self._ready.release()
+        if callbacks:
+            for fn in callbacks:
+                _run_callback(fn, self)
+
+
+_CALLBACKS = threading.Lock()        # orders adding a callback against completing its future
+
+
+def _run_callback(fn: Callable[[Future], None], future: Future) -> None:
+    try:
+        fn(future)
+    except Exception:  # a script's callback must not stop the connection that delivered the reply
+        log.exception("a done callback failed")
 
 
 def _fail(future: Future, error: BaseException) -> None:

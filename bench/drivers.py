@@ -10,6 +10,9 @@ Every driver has the same two calls, so one loop (``bench.worker``) serves them 
 ``done_at`` is the ``time.perf_counter()`` at which the reply arrived (stamped by the
 thread that received it, not when the loop got round to it), so a slow request ahead of
 a fast one does not inflate the fast one's latency.
+
+A driver may also have ``submit_then(op, key, value, done)``, calling ``done(done_at, error)``
+on the thread that received the reply; the worker then keeps its requests in flight from there.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import queue
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 Completion = tuple[Any, float, BaseException | None]
@@ -84,89 +88,53 @@ class Completions:
         return items
 
 
-_COMPLETED = Completions()
-_PATCHED = False
-
-
-def _install_timed_futures() -> None:
-    """Make this process's client futures stamp their completion time and report it.
-
-    The client builds its futures from ``actors.client.Future``; in a benchmark worker
-    that name is pointed at a subclass that, when the reply is set by the connection's
-    reader thread, records ``perf_counter()`` and puts itself on a queue. Nothing
-    changes for the store; if the client stops using that name, the driver notices and
-    falls back to waiting on the oldest request first.
-    """
-    global _PATCHED
-    if _PATCHED:
-        return
-    from actors import client as client_module
-
-    class TimedFuture(client_module.Future):        # type: ignore[misc,name-defined]
-        done_at = 0.0
-        error: BaseException | None = None
-
-        def set(self, value: Any = None) -> None:
-            stamp = time.perf_counter()
-            super().set(value)
-            self.done_at = stamp
-            _COMPLETED.put(self)
-
-        def set_exception(self, exc_info: Any = None) -> None:
-            stamp = time.perf_counter()
-            super().set_exception(exc_info)
-            self.done_at = stamp
-            self.error = exc_info[1] if exc_info else RuntimeError("request failed")
-            _COMPLETED.put(self)
-
-    client_module.Future = TimedFuture           # type: ignore[misc]
-    _PATCHED = True
-
-
 class LeaderlessDriver:
+    """Requests through ``actors.Client``; each future's done callback stamps its reply.
+
+    Besides ``submit``/``wait`` it has ``submit_then``: the worker's closed loop then runs on the
+    client's I/O thread (a completion records itself and sends the next request), with no hand-over
+    between threads per reply.
+    """
+
     name = "leaderless"
+    latency_source = "reply stamp"
 
     def __init__(self, target: dict[str, Any]) -> None:
         from actors import connect
 
-        _install_timed_futures()
         self.client = connect(target["data_dir"], nodes=target.get("client_nodes"),
                               timeout=target.get("request_timeout"))
         self.bucket = target.get("bucket", "")
-        self.reply_wait = float(target.get("request_timeout") or 3.0) + 5.0
-        self._fifo: deque[Any] = deque()
-        self.stamped: bool | None = None        # do futures carry their completion time?
+        self._completed = Completions()
 
-    @property
-    def latency_source(self) -> str:
-        return "reply stamp" if self.stamped is not False else "oldest-first wait"
+    def _send(self, op: str, key: str, value: bytes) -> Any:
+        if op == "read":
+            return self.client.get_async(key, bucket=self.bucket)
+        return self.client.put_async(key, value, bucket=self.bucket)
 
     def submit(self, op: str, key: str, value: bytes) -> Any:
-        if op == "read":
-            future = self.client.get_async(key, bucket=self.bucket)
-        else:
-            future = self.client.put_async(key, value, bucket=self.bucket)
-        if self.stamped is None:
-            self.stamped = hasattr(future, "done_at")
-        if not self.stamped:
-            self._fifo.append(future)
+        future = self._send(op, key, value)
+        put = self._completed.put
+        future.add_done_callback(lambda f: put((f, time.perf_counter(), _error_of(f))))
         return future
 
     def wait(self, timeout: float) -> list[Completion]:
-        if self.stamped is not False:
-            return [(f, f.done_at, f.error) for f in _COMPLETED.drain(timeout)]
-        if not self._fifo:
-            time.sleep(min(timeout, 0.01))
-            return []
-        future = self._fifo.popleft()
-        try:
-            future.get(timeout=self.reply_wait)
-            return [(future, time.perf_counter(), None)]
-        except Exception as exc:                # noqa: BLE001 - every failure is counted, by type
-            return [(future, time.perf_counter(), exc)]
+        return self._completed.drain(timeout)
+
+    def submit_then(self, op: str, key: str, value: bytes, done: Callable[[float, BaseException | None], None]) -> None:
+        """Send, and call ``done(done_at, error)`` on the client's I/O thread when the reply is in."""
+        self._send(op, key, value).add_done_callback(lambda f: done(time.perf_counter(), _error_of(f)))
 
     def close(self) -> None:
         self.client.close()
+
+
+def _error_of(future: Any) -> BaseException | None:
+    try:
+        future.get(0)
+    except Exception as exc:                    # noqa: BLE001 - every failure is counted, by type
+        return exc
+    return None
 
 
 # --- pysyncobj ------------------------------------------------------------------------------------

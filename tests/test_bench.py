@@ -6,6 +6,7 @@ Speed is measured by the benchmarks, never asserted here.
 from __future__ import annotations
 
 import json
+import queue
 import random
 import threading
 import time
@@ -142,6 +143,68 @@ def test_the_closed_loop_keeps_inflight_requests_outstanding_and_records_only_th
     assert set(result["ops"]) == {"read", "write"} and sum(result["ops"].values()) > 0
     assert sum(result["per_second"]) >= sum(result["ops"].values())
     assert result["errors"] == {} and result["unfinished"] == 0
+
+
+class CallbackDriver:
+    """Completes requests on its own thread and calls back there, as the client's I/O thread does."""
+
+    latency_source = "fake"
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.outstanding = self.most = self.sent = 0
+        self.lock = threading.Lock()
+        self.fail_after = fail_after
+        self.thread = threading.Thread(target=self._complete, daemon=True)
+        self.thread.start()
+
+    def submit_then(self, op: str, key: str, value: bytes, done: Any) -> None:
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise ConnectionError("no node could be reached")
+        with self.lock:
+            self.sent += 1
+            self.outstanding += 1
+            self.most = max(self.most, self.outstanding)
+        self.queue.put(done)
+
+    def _complete(self) -> None:
+        while True:
+            done = self.queue.get()
+            if done is None:
+                return
+            time.sleep(0.0005)
+            with self.lock:
+                self.outstanding -= 1
+            done(time.perf_counter(), None)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(5)
+
+
+def test_the_closed_loop_on_reply_callbacks_keeps_inflight_requests_outstanding_and_drains() -> None:
+    driver = CallbackDriver()
+    spec = {"index": 0, "workers": 1, "workload": "w", "distribution": "uniform", "keys": 100, "value_size": 10,
+            "inflight": 16, "seed": 1}
+    try:
+        result = run_load(driver, spec, None, time.time(), 0.1, 0.3)
+    finally:
+        driver.close()
+    assert driver.most == 16
+    assert result["ops"]["write"] > 0 and sum(result["per_second"]) == driver.sent
+    assert result["unfinished"] == 0 and driver.outstanding == 0
+    assert result["errors"] == {}
+
+
+def test_the_closed_loop_on_reply_callbacks_fails_when_no_request_can_be_sent() -> None:
+    driver = CallbackDriver(fail_after=40)
+    spec = {"index": 0, "workers": 1, "workload": "w", "distribution": "uniform", "keys": 100, "value_size": 10,
+            "inflight": 8, "seed": 1}
+    try:
+        with pytest.raises(ConnectionError, match="no node"):
+            run_load(driver, spec, None, time.time(), 0.1, 5.0)
+    finally:
+        driver.close()
 
 
 def test_the_toy_ceiling_runs_for_a_second_and_reports_writes() -> None:

@@ -50,3 +50,42 @@ def test_pykka_helpers_take_client_futures() -> None:
         future.set(i)
     assert pykka.get_all(futures, timeout=1) == [0, 1, 2]
     assert futures[0].map(lambda v: v + 10).get(timeout=1) == 10
+
+
+def test_a_done_callback_runs_once_on_the_thread_that_sets_the_reply() -> None:
+    future = Future()
+    calls: list[tuple[object, str]] = []
+    future.add_done_callback(lambda f: calls.append((f.get(0), threading.current_thread().name)))
+    assert calls == []                                     # no reply yet
+    setter = threading.Thread(target=future.set, args=("ctx",), name="reply-thread")
+    setter.start()
+    setter.join()
+    assert calls == [("ctx", "reply-thread")]
+    future.add_done_callback(lambda f: calls.append((f.get(0), threading.current_thread().name)))
+    assert calls[1] == ("ctx", threading.current_thread().name)   # already done: called at once, here
+
+
+def test_a_done_callback_sees_the_error_and_a_failing_callback_stops_neither_the_others_nor_get(
+        caplog: pytest.LogCaptureFixture) -> None:
+    future = Future()
+    seen: list[type] = []
+
+    def broken(_f: Future) -> None:
+        raise RuntimeError("a script's bug")
+
+    def record(f: Future) -> None:
+        with pytest.raises(QuorumFailed):
+            f.get(0)
+        seen.append(QuorumFailed)
+
+    future.add_done_callback(broken)
+    future.add_done_callback(record)
+    try:
+        raise QuorumFailed(needed=2, got=1, replicas=["n1"])
+    except QuorumFailed:
+        future.set_exception(sys.exc_info())
+    assert seen == [QuorumFailed]
+    assert "a done callback failed" in caplog.text
+    with pytest.raises(QuorumFailed):
+        future.get(timeout=1)
+

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from waiting import wait_for
 
-from actors import InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
+from actors import Future, InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
 from actors.ring import Ring
 
 pytestmark = pytest.mark.cluster
@@ -93,6 +94,37 @@ def test_many_requests_are_in_flight_on_one_connection(shared_cluster: LocalClus
     assert len(contexts) == 1000 and all(contexts)
     reads = [client.get_async(f"k{i}") for i in range(0, 1000, 10)]
     assert [r.get(timeout=30).values for r in reads] == [[b"v%d" % i] for i in range(0, 1000, 10)]
+
+
+def test_done_callbacks_keep_requests_in_flight_without_a_waiting_thread(shared_cluster: LocalCluster) -> None:
+    # Each reply's callback (on the client's I/O thread) sends the next write of its chain: the
+    # pipelined pattern of a workload script, with 8 writes in flight and nobody blocked on a get.
+    client = shared_cluster.client()
+    finished = threading.Event()
+    written: list[str] = []
+    failures: list[BaseException] = []
+
+    def write(chain: int, step: int) -> None:
+        key = f"chain{chain}-{step}"
+        client.put_async(key, b"%d" % step).add_done_callback(lambda f: after(f, chain, step, key))
+
+    def after(future: Future, chain: int, step: int, key: str) -> None:
+        try:
+            future.get(0)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            failures.append(exc)
+        written.append(key)
+        if step < 24:
+            write(chain, step + 1)
+        elif len(written) == 8 * 25:
+            finished.set()
+
+    for chain in range(8):
+        write(chain, 0)
+    assert finished.wait(60), f"{len(written)} of 200 writes answered"
+    assert failures == []
+    reads = [client.get_async(f"chain{c}-{s}") for c in range(8) for s in (0, 24)]
+    assert [r.get(timeout=30).values for r in reads] == [[b"0"], [b"24"]] * 8
 
 
 def test_a_client_from_another_process_finds_the_cluster_through_its_data_dir(shared_cluster: LocalCluster) -> None:
