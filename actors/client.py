@@ -93,6 +93,8 @@ class Future(pykka.ThreadingFuture):
         Otherwise ``fn`` runs on the client's I/O thread, so it must not block: it may read the result with
         ``get(0)`` and send further requests. Pipelined scripts use it to keep requests in flight
         without a thread waiting on each one. An exception from ``fn`` is logged and ignored.
+        (A request sent from ``fn`` to a node whose connection has to be opened again holds that
+        thread for up to the connect timeout, ``CONNECT_TIMEOUT``, if the node does not answer.)
         """
         with _CALLBACKS:
             if self._result is None:
