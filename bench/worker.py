@@ -260,7 +260,8 @@ class _WaitLoop(_Loop):
 class _CallbackLoop(_Loop):
     """Each completion, on the client's I/O thread, is recorded and replaced by the next request
     (``driver.submit_then``); this thread only keeps time, reports and stops. No reply crosses
-    between threads, which was a third of a worker's CPU."""
+    between threads: handing each frame's replies to a waiting worker thread cost about a tenth of
+    a write's client CPU and a fifth of a read's."""
 
     def run(self) -> tuple[tuple[CpuStamp, CpuStamp], int, bool]:
         window = self.window
