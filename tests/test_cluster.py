@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from waiting import wait_for
 
 from actors import Future, InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
+from actors.errors import ConnectionError_
 from actors.ring import Ring
 
 pytestmark = pytest.mark.cluster
@@ -125,6 +127,29 @@ def test_done_callbacks_keep_requests_in_flight_without_a_waiting_thread(shared_
     assert failures == []
     reads = [client.get_async(f"chain{c}-{s}") for c in range(8) for s in (0, 24)]
     assert [r.get(timeout=30).values for r in reads] == [[b"0"], [b"24"]] * 8
+
+
+def test_done_callbacks_hear_of_a_connection_lost_before_the_reply(make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=3)
+    client = cluster.client(nodes=["n3"])
+    client.put("opened", b"x")                              # the connection to n3 is open
+    cluster.pause("n3")
+    errors: list[BaseException] = []
+    all_in = threading.Event()
+
+    def after(future: Future) -> None:
+        try:
+            future.get(0)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+        if len(errors) == 5:
+            all_in.set()
+
+    for i in range(5):
+        client.put_async(f"lost{i}", b"v").add_done_callback(after)
+    cluster.kill("n3")
+    assert all_in.wait(30), f"{len(errors)} of 5 callbacks ran"
+    assert all(isinstance(e, ConnectionError_) and "closed before the reply" in str(e) for e in errors), errors
 
 
 def test_a_client_from_another_process_finds_the_cluster_through_its_data_dir(shared_cluster: LocalCluster) -> None:
