@@ -38,7 +38,7 @@ from typing import Any
 
 from .config import BenchConfig, OptionError
 from .etcd import EtcdCluster, PeerUnavailable, free_ports
-from .report import ms, stamp
+from .report import ms, result_console, stamp
 from .runner import (CpuSampler, Progress, client_specs, cpu_per_op, machine, merge_results, run_on_cluster,
                      run_workers, start_cluster)
 from .workload import WORKLOADS
@@ -294,9 +294,7 @@ def _ratio_text(ratio: dict[str, Any]) -> str:
 
 
 def print_compare(report: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console(highlight=False)
+    console = result_console()
     console.print(compare_table(report))
     for system, runs in report["systems"].items():
         for w, run in runs.items():

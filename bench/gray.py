@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import BenchConfig, OptionError
 from .histogram import LatencyHistogram, summary_ms
-from .report import ms, stamp
+from .report import ms, result_console, stamp
 from .runner import Progress, latency_curve, machine, run_on_cluster, start_cluster
 from .workload import WORKLOADS
 
@@ -116,9 +116,7 @@ def gray_table(report: dict[str, Any]) -> Any:
 
 
 def print_gray(report: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console(highlight=False)
+    console = result_console()
     console.print(gray_table(report))
     p99 = [", ".join(f"{op} {lat['p99']:.1f}" for op, lat in phase["latency_ms"].items())
            for phase in report["healthy_phases"]]

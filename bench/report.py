@@ -16,6 +16,18 @@ from rich.table import Table
 PERCENTILE_COLUMNS = (("p50", "p50"), ("p95", "p95"), ("p99", "p99"), ("p999", "p99.9"))
 
 
+WIDE = 160     # columns for result tables that go to a file or a pipe
+
+
+def result_console() -> Console:
+    """Where the result tables go: stdout, as wide as the terminal, or ``WIDE`` columns when stdout is a
+    file or a pipe (rich would assume 80 there and cut the column headers short)."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=WIDE)
+    return console
+
+
 class ProgressBar:
     """A rich progress bar on stderr, fed by the runner's ``progress`` callback."""
 
@@ -187,7 +199,7 @@ def plot_run(report: dict[str, Any], path: Path) -> None:
 
 
 def print_run(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console(highlight=False)
+    console = console or result_console()
     console.print(summary_table(report))
     for line in footnotes(report):
         console.print(line, markup=False, soft_wrap=True)

@@ -270,6 +270,28 @@ def test_compare_with_rounds_runs_end_to_end_and_prints_the_ratio_range(tmp_path
     assert f"({min(ratio['throughput_rounds']):.2f}-{max(ratio['throughput_rounds']):.2f})" in console.export_text()
 
 
+def test_result_tables_printed_to_a_pipe_keep_their_column_headers_whole(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Rich assumes 80 columns when stdout is not a terminal, and the compare table then printed
+    # "p50 …" and "ours/pe…" into log files.
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+    def run(throughput: float) -> dict[str, Any]:
+        return {"throughput": throughput, "ops": {"write": throughput * 10}, "errors": 0, "client_cpu": [0.1, 0.1],
+                "server_cpu": {"n1": 0.5}, "cpu_us_per_op": {"server": 100.0},
+                "latency_ms": {"write": {"p50": 12.3, "p99": 45.6}}}
+
+    report = {"config": {"clients": 4, "inflight": 64, "value_size": 100, "time_s": 10.0}, "rounds": 3,
+              "workloads": ["w"], "systems": {"leaderless": {"w": run(13000.0)}, "etcd": {"w": run(7000.0)}},
+              "ratios": {"etcd": {"w": {"throughput": 1.857, "throughput_rounds": [1.74, 1.857, 1.88]}}}}
+    compare.print_compare(report)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "system" in line)
+    assert header.split() == ["load", "system", "ops/s", "p50", "ms", "p99", "ms", "err", "cpu", "cl", "cpu", "srv",
+                              "srv", "µs/op", "ours/peer"]
+    assert "1.86x (1.74-1.88)" in out
+
+
 def test_cpu_per_op_is_none_for_servers_that_were_not_sampled() -> None:
     assert cpu_per_op({"throughput": 2000.0, "server_cpu": {"n1": 0.5, "n2": 0.3}, "client_cpu": [0.1, 0.1]}) == \
         {"server": 400.0, "client": 100.0}
