@@ -207,6 +207,27 @@ def test_the_closed_loop_on_reply_callbacks_fails_when_no_request_can_be_sent() 
         driver.close()
 
 
+def test_the_closed_loop_on_reply_callbacks_stops_early_when_the_parent_says_stop() -> None:
+    import multiprocessing
+
+    parent, child = multiprocessing.Pipe()
+    driver = CallbackDriver()
+    spec = {"index": 0, "workers": 1, "workload": "w", "distribution": "uniform", "keys": 100, "value_size": 10,
+            "inflight": 8, "seed": 1}
+    threading.Timer(0.6, parent.send, args=(("stop",),)).start()
+    started = time.monotonic()
+    try:
+        result = run_load(driver, spec, child, time.time(), 0.1, 60.0)
+    finally:
+        driver.close()
+    assert time.monotonic() - started < 30                  # not the 60 s asked for
+    assert result["stopped_early"] and result["unfinished"] == 0 and driver.outstanding == 0
+    ticks = []
+    while parent.poll():
+        ticks.append(parent.recv())
+    assert ticks and all(t[0] == "tick" for t in ticks) and ticks[-1][1] > 0
+
+
 def test_the_toy_ceiling_runs_for_a_second_and_reports_writes() -> None:
     result = run_toy(time_s=1.0, warmup_s=0.2, window=64, keys=100)
     assert result["throughput"] > 0
