@@ -25,6 +25,7 @@ import click
 from .client import Client, connect
 from .cluster import LocalCluster, free_ports, terminate_as_interrupt
 from .config import ClusterConfig, load_secret
+from .console import result_console
 from .errors import LeaderlessError
 from .node import run as node_run
 
@@ -151,8 +152,7 @@ def cluster_status(as_json: bool, data_dir: str) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
         return
-    from rich.console import Console
-    Console().print(_table(status))
+    result_console().print(_table(status))
     if not any(s.get("up") for s in status.values()):
         sys.exit(1)
 
@@ -377,7 +377,7 @@ def chaos(nodes: int, nemesis: str, workload: str, mode: str, time_s: float, see
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
-        Console(highlight=False).print(verdict_table(result))
+        result_console().print(verdict_table(result))
     sys.exit(0 if passed(result) else 1)
 
 

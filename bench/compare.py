@@ -36,9 +36,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from actors.console import result_console
+
 from .config import BenchConfig, OptionError
 from .etcd import EtcdCluster, PeerUnavailable, free_ports
-from .report import ms, result_console, stamp
+from .report import ms, stamp
 from .runner import (CpuSampler, Progress, client_specs, cpu_per_op, machine, merge_results, run_on_cluster,
                      run_workers, start_cluster)
 from .workload import WORKLOADS

@@ -21,9 +21,11 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from actors.console import result_console
+
 from .config import BenchConfig, OptionError
 from .histogram import LatencyHistogram, summary_ms
-from .report import ms, result_console, stamp
+from .report import ms, stamp
 from .runner import Progress, latency_curve, machine, run_on_cluster, start_cluster
 from .workload import WORKLOADS
 

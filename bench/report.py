@@ -13,19 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from actors.console import result_console
+
 PERCENTILE_COLUMNS = (("p50", "p50"), ("p95", "p95"), ("p99", "p99"), ("p999", "p99.9"))
-
-
-WIDE = 160     # columns for result tables that go to a file or a pipe
-
-
-def result_console() -> Console:
-    """Where the result tables go: stdout, as wide as the terminal, or ``WIDE`` columns when stdout is a
-    file or a pipe (rich would assume 80 there and cut the column headers short)."""
-    console = Console(highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=WIDE)
-    return console
 
 
 class ProgressBar:

@@ -141,6 +141,17 @@ def test_a_bad_key_or_quorum_is_one_clear_line_and_changes_nothing(shared_cluste
     assert shared_cluster.client().get("k").values == []
 
 
+def test_status_printed_to_a_pipe_keeps_every_column_header_whole(shared_cluster: LocalCluster,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)             # CliRunner's output is not a terminal
+    code, out = run("cluster", "status", "--data-dir", str(shared_cluster.data_dir))
+    assert code == 0
+    for header in ("address", "sees up", "quorum failed", "read repairs", "aae repaired"):
+        assert header in out, out
+    assert "…" not in out
+    assert out.count("5/5") == 5                               # every node up, seeing all five
+
+
 def test_status_of_a_cluster_with_a_dead_node_shows_it_down(make_cluster) -> None:
     cluster = make_cluster(nodes=3)
     cluster.kill("n3")
