@@ -105,9 +105,9 @@ class Future(pykka.ThreadingFuture):
         _run_callback(fn, self)
 
     def _complete(self, result: tuple[Any, Any]) -> None:
-        if self._result is not None:
-            raise queue.Full
         with _CALLBACKS:
+            if self._result is not None:
+                raise queue.Full
             self._result = result
             callbacks, self._callbacks = self._callbacks, None
         self._ready.release()
