@@ -9,14 +9,17 @@
 
 One authenticated connection per node, opened on first use; many requests in flight on
 each (pipelining); replies matched by request id. Requests go round-robin over the
-client's nodes; a node that cannot be reached is skipped for the next one. A client is
-safe to share between threads.
+client's nodes; a node that cannot be reached is skipped for the next one. Every future
+is done by its deadline (the request's timeout plus ``REPLY_MARGIN``, else ``DEFAULT_WAIT``):
+with the reply, or with ``RequestTimeout`` when a node (paused, cut off) never answers, so
+done callbacks always run. A client is safe to share between threads.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import socket
 import sys
@@ -31,6 +34,7 @@ import pykka
 from .config import ClusterConfig, load_secret
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, InvalidRequest, LeaderlessError,
                      ProtocolError, QuorumFailed, RequestTimeout)
+from .ioloop import shared_loop
 from .messages import (BucketCreate, BucketInfo, ClientGet, ClientPut, ClientUpdate, ConfigRequest, GetResult, Hello,
                        InspectRequest, LocalObject, Reply, RingChange, SetFaults, StatusRequest)
 from .transport import Connection
@@ -45,6 +49,7 @@ CONNECT_TIMEOUT = 2.0
 RETRY_BACKOFF = 0.05    # seconds before the first retry of an idempotent operation; doubles each time
 REPLY_MARGIN = 2.0      # seconds a blocking call waits beyond the server-side request timeout
 DEFAULT_WAIT = 30.0     # seconds a blocking call waits when the node's own default timeout applies
+SWEEP_S = 0.25          # how often a connection with requests out fails the overdue ones
 
 
 class Future(pykka.ThreadingFuture):
@@ -55,6 +60,8 @@ class Future(pykka.ThreadingFuture):
     a client makes one per request, and the condition's allocation and notification were a
     tenth of a benchmark client's CPU.
     """
+
+    _deadline = math.inf                    # (monotonic) when its connection fails it with RequestTimeout
 
     def __init__(self) -> None:
         pykka.Future.__init__(self)
@@ -92,7 +99,8 @@ class Future(pykka.ThreadingFuture):
 
         Otherwise ``fn`` runs on the client's I/O thread, so it must not block: it may read the result with
         ``get(0)`` and send further requests. Pipelined scripts use it to keep requests in flight
-        without a thread waiting on each one. An exception from ``fn`` is logged and ignored.
+        without a thread waiting on each one. It runs by the request's deadline at the latest
+        (``RequestTimeout`` if no reply came). An exception from ``fn`` is logged and ignored.
         (A request sent from ``fn`` to a node whose connection has to be opened again holds that
         thread for up to the connect timeout, ``CONNECT_TIMEOUT``, if the node does not answer.)
         """
@@ -142,6 +150,8 @@ class NodeConnection:
         self._pending: dict[int, Future] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._sweeping = False              # a look for overdue requests is due on the loop
+        self._loop = shared_loop()
         try:
             sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
         except OSError as exc:
@@ -156,7 +166,7 @@ class NodeConnection:
         except LeaderlessError:
             sock.close()
             raise
-        self._conn = Connection(sock, "node", name, self._on_frames, self._on_close)
+        self._conn = Connection(sock, "node", name, self._on_frames, self._on_close, self._loop)
         self._conn.send(Hello("client"))
         self._conn.start(FrameReader(), [])
 
@@ -164,15 +174,21 @@ class NodeConnection:
     def closed(self) -> bool:
         return self._conn.closed
 
-    def request(self, make: Any, *args: Any) -> Future:
-        """Send ``make(req_id, *args)``; the returned future holds the reply's result."""
+    def request(self, make: Any, *args: Any, wait: float = DEFAULT_WAIT) -> Future:
+        """Send ``make(req_id, *args)``; the returned future holds the reply's result, or
+        ``RequestTimeout`` if none came within ``wait`` seconds."""
         future = Future()
+        future._deadline = time.monotonic() + wait
         with self._lock:
             if self._conn.closed:
                 raise ConnectionError_(f"connection to {self.name} is closed")
             req_id = next(self._ids)
             self._pending[req_id] = future
+            sweep = not self._sweeping
+            self._sweeping = True
         self._conn.send_data(encode(make(req_id, *args)))
+        if sweep:
+            self._loop.call_later(SWEEP_S, self._sweep)
         return future
 
     def close(self) -> None:
@@ -193,6 +209,19 @@ class NodeConnection:
                 _fail(future, message.result)
             else:
                 _fail(future, ProtocolError(f"node {self.name} sent a malformed error"))
+
+    def _sweep(self) -> None:
+        """On the loop: fail the requests past their deadline; look again while any are out."""
+        now = time.monotonic()
+        with self._lock:
+            overdue = [req_id for req_id, future in self._pending.items() if future._deadline <= now]
+            expired = [self._pending.pop(req_id) for req_id in overdue]
+            again = self._sweeping = bool(self._pending)
+        if again:
+            self._loop.call_later(SWEEP_S, self._sweep)
+        for future in expired:
+            _fail(future, RequestTimeout(f"no reply from {self.name} by the request's deadline "
+                                         "(the request may or may not have been applied)"))
 
     def _on_close(self, _conn: Connection) -> None:
         with self._lock:
@@ -251,16 +280,19 @@ class Client:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"value must be bytes, got {type(value).__name__}")
         condition = _condition(if_context, if_absent)
-        return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout or self.timeout, bucket,
-                          condition)
+        timeout = timeout or self.timeout
+        return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout, bucket, condition,
+                          wait=_reply_wait(timeout))
 
     def get_async(self, key: str, *, r: int | str | None = None, timeout: float | None = None,
                   bucket: str = "") -> Future:
-        return self._send(ClientGet, key, r, timeout or self.timeout, bucket)
+        timeout = timeout or self.timeout
+        return self._send(ClientGet, key, r, timeout, bucket, wait=_reply_wait(timeout))
 
     def delete_async(self, key: str, context: Any = None, *, w: int | str | None = None,
                      timeout: float | None = None, bucket: str = "") -> Future:
-        return self._send(ClientPut, key, None, tuple(context or ()), w, timeout or self.timeout, bucket)
+        timeout = timeout or self.timeout
+        return self._send(ClientPut, key, None, tuple(context or ()), w, timeout, bucket, wait=_reply_wait(timeout))
 
     # --- buckets and sessions ------------------------------------------------------------
 
@@ -308,7 +340,7 @@ class Client:
         delay = RETRY_BACKOFF
         for attempt in range(attempts):
             try:
-                return self._wait(self._send(make, *args), timeout)
+                return self._wait(self._send(make, *args, wait=_reply_wait(timeout or self.timeout)), timeout)
             except (RequestTimeout, QuorumFailed, ClusterUnavailable) as exc:
                 if attempt == attempts - 1:
                     raise
@@ -376,25 +408,23 @@ class Client:
     # --- plumbing --------------------------------------------------------------------------
 
     def _wait(self, future: Future, timeout: float | None) -> Any:
-        """Wait for a reply: the request's timeout (which the node enforces) plus a margin, or, when
-        the node's default applies, long enough for any sane default."""
-        limit = timeout or self.timeout
-        return future.get(timeout=limit + REPLY_MARGIN if limit else DEFAULT_WAIT)
+        """Wait for a reply, as long as ``_reply_wait`` says."""
+        return future.get(timeout=_reply_wait(timeout or self.timeout))
 
-    def _send(self, make: Any, *args: Any) -> Future:
+    def _send(self, make: Any, *args: Any, wait: float = DEFAULT_WAIT) -> Future:
         names = self._names
         start = next(self._rr)
         conn = self._connections.get(names[start % len(names)])
         if conn is not None:                         # the common case: that node's connection is open
             try:
-                return conn.request(make, *args)
+                return conn.request(make, *args, wait=wait)
             except ConnectionError_:
                 pass
         errors: list[str] = []
         for i in range(len(names)):
             name = names[(start + i) % len(names)]
             try:
-                return self._connection(name).request(make, *args)
+                return self._connection(name).request(make, *args, wait=wait)
             except AuthenticationFailed:
                 raise
             except ConnectionError_ as exc:
@@ -413,6 +443,12 @@ class Client:
                     raise ClusterUnavailable(f"unknown node {name}")
                 conn = self._connections[name] = NodeConnection(name, tuple(address), self._secret)
         return conn
+
+
+def _reply_wait(timeout: float | None) -> float:
+    """How long a reply is waited for: the request's timeout (which the node enforces) plus a
+    margin, or, when the node's default applies, long enough for any sane default."""
+    return timeout + REPLY_MARGIN if timeout else DEFAULT_WAIT
 
 
 def _condition(if_context: Any, if_absent: bool) -> tuple | None:

@@ -15,6 +15,9 @@ thread for every ``recv`` and must be quick (decode and hand to an actor).
 ``on_close(channel, unsent)`` runs once when the channel closes (either side, or an
 error); ``unsent`` holds the tags of the sends that never reached the kernel.
 
+``call_later(delay, fn)`` runs ``fn`` on the loop thread once ``delay`` seconds have passed
+(the client's request deadlines); the loop sleeps no longer than its next timer.
+
 The loop also runs hosted actors (``actors.mailbox``): ``ready(inbox)`` queues an actor
 with mail, and each round runs the ready actors after the reads, so what a ``recv``
 brought is handled, and answered, on this thread. Output waits while input keeps coming
@@ -25,12 +28,15 @@ writes, so under load each socket gets fewer, larger frames.
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import os
 import queue
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -184,6 +190,8 @@ class IOLoop:
         self._view = memoryview(self._buffer)
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._channels: set[Channel] = set()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []   # (when, sequence, fn); loop thread only
+        self._timer_seq = itertools.count()
         self._sleeping = False
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"io-{name}", daemon=True)
@@ -203,6 +211,11 @@ class IOLoop:
         """Run ``fn`` on the loop thread soon (before any output queued after this call is written)."""
         self._commands.put(fn)
         self._wake()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread ``delay`` seconds from now (or later, never sooner). Any thread."""
+        entry = (time.monotonic() + delay, next(self._timer_seq), fn)
+        self.call(lambda: heapq.heappush(self._timers, entry))
 
     def ready(self, inbox: Any) -> None:
         """A hosted actor has mail (``actors.mailbox``): run it on the loop thread soon. Any thread."""
@@ -259,7 +272,7 @@ class IOLoop:
                 pass
 
     def _run(self) -> None:
-        selector, dirty, commands, ready = self._selector, self._dirty, self._commands, self._ready
+        selector, dirty, commands, ready, timers = self._selector, self._dirty, self._commands, self._ready, self._timers
         held = 0
         try:
             while self._running:
@@ -269,7 +282,10 @@ class IOLoop:
                 busy = dirty or ready or not commands.empty()
                 if busy:
                     self._sleeping = False
-                events = selector.select(0 if busy else None)
+                    timeout: float | None = 0
+                else:
+                    timeout = max(0.0, timers[0][0] - time.monotonic()) if timers else None
+                events = selector.select(timeout)
                 self._sleeping = False
                 for key, mask in events:
                     channel = key.data
@@ -285,6 +301,8 @@ class IOLoop:
                         channel._flush()
                 while not commands.empty():
                     self._command(commands.get_nowait())
+                if timers and timers[0][0] <= time.monotonic():
+                    self._run_timers()
                 for _ in range(len(ready)):
                     self._run_actor(ready.popleft())
                 if events and held < HOLD_ROUNDS:
@@ -305,6 +323,11 @@ class IOLoop:
             inbox.run()
         except Exception:
             log.exception("I/O loop %s: a hosted actor failed", self.name)
+
+    def _run_timers(self) -> None:
+        timers, now = self._timers, time.monotonic()
+        while timers and timers[0][0] <= now:
+            self._command(heapq.heappop(timers)[2])
 
     def _command(self, fn: Callable[[], None]) -> None:
         try:

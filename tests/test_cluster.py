@@ -11,7 +11,8 @@ import pytest
 from waiting import wait_for
 
 from actors import Future, InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
-from actors.errors import ConnectionError_
+from actors.client import REPLY_MARGIN
+from actors.errors import ConnectionError_, RequestTimeout
 from actors.ring import Ring
 
 pytestmark = pytest.mark.cluster
@@ -150,6 +151,39 @@ def test_done_callbacks_hear_of_a_connection_lost_before_the_reply(make_cluster:
     cluster.kill("n3")
     assert all_in.wait(30), f"{len(errors)} of 5 callbacks ran"
     assert all(isinstance(e, ConnectionError_) and "closed before the reply" in str(e) for e in errors), errors
+
+
+def test_done_callbacks_hear_of_a_paused_node_by_the_deadline_and_its_late_replies_are_dropped(make_cluster: Any) \
+        -> None:
+    # A paused node keeps its connection open and answers nothing: without the client's own
+    # deadline these futures would stay pending, and their callbacks silent, for the whole pause.
+    cluster = make_cluster(nodes=3)
+    client = cluster.client(nodes=["n3"])
+    client.put("opened", b"x")                              # the connection to n3 is open
+    cluster.pause("n3")
+    errors: list[tuple[BaseException, float]] = []
+    all_in = threading.Event()
+    sent = time.monotonic()
+
+    def after(future: Future) -> None:
+        try:
+            future.get(0)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append((exc, time.monotonic() - sent))
+        if len(errors) == 5:
+            all_in.set()
+
+    try:
+        for i in range(5):
+            client.put_async(f"paused{i}", b"v", timeout=0.5).add_done_callback(after)
+        assert all_in.wait(15), f"{len(errors)} of 5 callbacks ran"
+    finally:
+        cluster.resume("n3")
+    assert all(isinstance(e, RequestTimeout) and "by the request's deadline" in str(e) for e, _ in errors), errors
+    assert min(at for _, at in errors) >= 0.5 + REPLY_MARGIN
+    # The node answers the expired requests once resumed; the client drops those replies and goes on.
+    client.put("after", b"y", timeout=10)
+    assert client.get("after", timeout=10).values == [b"y"]
 
 
 def test_a_client_from_another_process_finds_the_cluster_through_its_data_dir(shared_cluster: LocalCluster) -> None:

@@ -50,6 +50,25 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(buf)
 
 
+def test_call_later_runs_each_function_on_the_loop_thread_in_time_order_never_early(loop: IOLoop) -> None:
+    ran: list[tuple[str, float, threading.Thread]] = []
+    done = threading.Event()
+    start = time.monotonic()
+
+    def note(name: str) -> None:
+        ran.append((name, time.monotonic() - start, threading.current_thread()))
+        if len(ran) == 3:
+            done.set()
+
+    loop.call_later(0.5, lambda: note("late"))          # the loop sleeps until its next timer, with no socket
+    loop.call_later(0.1, lambda: note("early"))
+    threading.Thread(target=lambda: loop.call_later(0.25, lambda: note("middle"))).start()
+    assert done.wait(WAIT), ran
+    assert [name for name, _, _ in ran] == ["early", "middle", "late"]
+    assert all(at >= delay for (_, at, _), delay in zip(ran, (0.1, 0.25, 0.5)))
+    assert {thread.name for _, _, thread in ran} == {"io-test"}
+
+
 def test_sends_from_many_threads_all_arrive_each_threads_in_order(loop: IOLoop) -> None:
     ours, theirs = socket.socketpair()
     sink = Sink()
