@@ -387,7 +387,8 @@ from bench.command import BenchCommand, bench_options  # the benchmark suite liv
 @main.command("bench", cls=BenchCommand)
 @bench_options
 def bench(**options: Any) -> None:
-    """Benchmark a fresh local cluster: YCSB-style workloads, peers side by side (--compare), a slow node (--gray).
+    """Benchmark a fresh local cluster, or a running one (--data-dir): YCSB-style workloads, peers side by side
+    (--compare), a slow node (--gray).
 
     Prints a summary table (or one JSON object with --json) and saves the JSON and a PNG
     plot in --out. Bad options exit with code 2 and one line.

@@ -1,6 +1,7 @@
 """The ``leaderless bench`` command (also ``python -m bench``, ``python -m bench.compare``, ``python -m bench.gray``).
 
     leaderless bench --nodes 3 --workload w --time 10 [--json] [--out ./bench-results]
+    leaderless bench --data-dir ./leaderless-data --workload a      # a cluster already running
     leaderless bench --compare [--workloads w,c] [--peers etcd,pysyncobj,toy] [--rounds 3]
     leaderless bench --gray [--slow-ms 50]
 
@@ -52,7 +53,11 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help=f"Key choice: {' or '.join(DISTRIBUTIONS)} (YCSB's constant 0.99)."),
         click.option("--keys", default=10_000, show_default=True, type=int, help="Key count."),
         click.option("--value-size", default=100, show_default=True, type=int, help="Value bytes."),
-        click.option("--nodes", default=3, show_default=True, type=int, help="Node processes."),
+        click.option("--nodes", default=None, type=int, help="Node processes of the fresh cluster [default: 3]."),
+        click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                     help="Benchmark the running cluster with this data directory (`leaderless cluster up`'s, "
+                          "or a copy of a multi-host cluster's) instead of a fresh one; its nodes are left "
+                          "running and the keys go to a bucket of their own, bench-nNrRwW."),
         click.option("--n", "n_val", default=3, show_default=True, type=int, help="Replicas per key."),
         click.option("--r", "r_val", default=2, show_default=True, type=int, help="Read quorum."),
         click.option("--w", "w_val", default=2, show_default=True, type=int, help="Write quorum."),
@@ -91,16 +96,34 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def make_config(options: dict[str, Any], mode: str) -> BenchConfig:
     client_nodes = options.get("client_nodes")
     gray = mode == "gray"
+    data_dir, node_names, nodes = options.get("data_dir"), None, options["nodes"]
+    if data_dir is not None:
+        if nodes is not None:
+            raise OptionError("nodes", "--nodes sizes a fresh cluster; with --data-dir the running cluster's "
+                                       "nodes are used")
+        node_names = _running_nodes(data_dir)
+        nodes = len(node_names)
     config = BenchConfig(
         workload=options["workload"] or ("a" if gray else "w"),
         distribution=options["distribution"], keys=options["keys"], value_size=options["value_size"],
-        nodes=options["nodes"], n=options["n_val"], r=options["r_val"], w=options["w_val"],
+        nodes=nodes if nodes is not None else 3, n=options["n_val"], r=options["r_val"], w=options["w_val"],
         clients=options["clients"] if options["clients"] is not None else (2 if gray else 4),
         inflight=options["inflight"] if options["inflight"] is not None else (8 if gray else 64),
         time_s=options["time_s"], warmup_s=options["warmup_s"], bucket_type=options["bucket_type"],
         client_nodes=tuple(n.strip() for n in client_nodes.split(",") if n.strip()) if client_nodes else None,
-        seed=options["seed"])
+        seed=options["seed"], data_dir=data_dir, node_names=node_names)
     return config.validate()
+
+
+def _running_nodes(data_dir: str) -> tuple[str, ...]:
+    """The node names in a running cluster's configuration; OptionError if there is none to read."""
+    from actors.config import ClusterConfig
+    from actors.errors import LeaderlessError
+
+    try:
+        return tuple(ClusterConfig.load(data_dir).nodes)
+    except LeaderlessError as exc:
+        raise OptionError("data-dir", str(exc)) from None
 
 
 def run(mode: str | None = None, **options: Any) -> None:
@@ -108,6 +131,8 @@ def run(mode: str | None = None, **options: Any) -> None:
     mode = mode or ("compare" if options.get("compare") else "gray" if options.get("gray") else "bench")
     if options.get("compare") and options.get("gray"):
         raise OneLineUsageError("--compare and --gray are separate runs: pick one")
+    if options.get("data_dir") is not None and mode != "bench":
+        raise OneLineUsageError(f"--data-dir benchmarks a running cluster; --{mode} starts clusters of its own")
     try:
         config = make_config(options, mode)
         if mode == "compare":
@@ -145,8 +170,8 @@ def run(mode: str | None = None, **options: Any) -> None:
                 show = print_gray
             else:
                 from .report import print_run, save, stamp
-                from .runner import run_leaderless
-                report = run_leaderless(config, progress=progress)
+                from .runner import run_leaderless, run_running
+                report = (run_running if config.data_dir else run_leaderless)(config, progress=progress)
                 files = save(report, options["out_dir"], f"bench-{config.workload}-{stamp()}")
                 show = print_run
     except BenchError as exc:
@@ -163,5 +188,5 @@ def run(mode: str | None = None, **options: Any) -> None:
 @click.command(cls=BenchCommand)
 @bench_options
 def main(**options: Any) -> None:
-    """Throughput and latency of a fresh local cluster (YCSB-style workloads), peers side by side."""
+    """Throughput and latency of a fresh local cluster or a running one (YCSB-style workloads), peers side by side."""
     run(**options)

@@ -40,6 +40,8 @@ class BenchConfig:
     client_nodes: tuple[str, ...] | None = None     # nodes the clients send to (default: all)
     seed: int = 7
     request_timeout: float | None = None
+    data_dir: str | None = None         # a running cluster's data dir (None: a fresh local cluster)
+    node_names: tuple[str, ...] | None = None       # that cluster's nodes (from its config)
 
     def validate(self) -> BenchConfig:
         self.workload = str(self.workload).lower()
@@ -70,12 +72,22 @@ class BenchConfig:
             raise OptionError("bucket-type", f"unknown bucket type {self.bucket_type!r}: one of "
                                              f"{', '.join(BUCKET_TYPES)}")
         if self.client_nodes is not None:
-            names = [f"n{i + 1}" for i in range(self.nodes)]
+            names = list(self.node_names) if self.node_names else [f"n{i + 1}" for i in range(self.nodes)]
             unknown = [n for n in self.client_nodes if n not in names]
             if unknown or not self.client_nodes:
                 raise OptionError("client-nodes", f"--client-nodes {','.join(self.client_nodes)}: the cluster has "
                                                   f"{', '.join(names)}")
         return self
+
+    @property
+    def bucket(self) -> str:
+        """The bucket the clients use. A fresh cluster's are made for the run (the LWW bench bucket,
+        or the default bucket with the cluster's N/R/W). A running cluster gets a bucket of its own
+        per type and N/R/W, so a run never meets keys of another kind or a bucket it cannot create."""
+        if self.data_dir is None:
+            return BENCH_BUCKET if self.bucket_type == "lww" else ""
+        kind = "" if self.bucket_type == "lww" else f"-{self.bucket_type}"
+        return f"{BENCH_BUCKET}{kind}-n{self.n}r{self.r}w{self.w}"
 
     def replace(self, **changes: Any) -> BenchConfig:
         return dataclasses.replace(self, **changes)
@@ -83,7 +95,8 @@ class BenchConfig:
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["client_nodes"] = list(self.client_nodes) if self.client_nodes else None
+        out["node_names"] = list(self.node_names) if self.node_names else None
         out["workload_mix"] = WORKLOADS[self.workload].description
-        out["bucket"] = BENCH_BUCKET if self.bucket_type == "lww" else ""
+        out["bucket"] = self.bucket
         out["durable_acks"] = True
         return out

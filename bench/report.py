@@ -95,6 +95,11 @@ def footnotes(report: dict[str, Any]) -> list[str]:
     if commits:
         lines.append("group commit (writes per fsync): "
                      + ", ".join(f"{n} {g['per_commit']}" for n, g in commits.items()))
+    config = report.get("config") or {}
+    if config.get("data_dir"):
+        sampled = report.get("servers_sampled") or []
+        lines.append(f"running cluster at {config['data_dir']}, bucket {config['bucket']}; servers' CPU sampled on "
+                     + (", ".join(sampled) if sampled else "none (no node of it runs on this host)"))
     if report.get("load"):
         load = report["load"]
         lines.append(f"load phase: {load['keys']} keys in {load['seconds']}s ({load['errors']} errors)")

@@ -1,6 +1,7 @@
 """The parent of a benchmark: starts the client processes, runs the clock, merges what they measured.
 
     report = run_leaderless(BenchConfig(workload="w", time_s=10), progress=print_progress)
+    report = run_running(BenchConfig(workload="w", data_dir="./leaderless-data"))   # a cluster already up
 
 ``run_workers`` is shared by every system measured (leaderless, etcd, pysyncobj): it
 spawns one process per spec, waits until all are ready, gives them one common start
@@ -288,10 +289,11 @@ def client_specs(config: BenchConfig, target: dict[str, Any], *, load: bool) -> 
 
 def run_on_cluster(cluster: Any, config: BenchConfig, *, load: bool, progress: Progress | None = None,
                    phase: str = "leaderless") -> dict[str, Any]:
-    """One measured run against a running ``LocalCluster`` (whose bench bucket exists)."""
+    """One measured run against a running cluster (a ``LocalCluster`` or a ``RunningCluster``: its
+    ``data_dir``, ``pids`` to sample and ``status()``) whose bench bucket exists."""
     target = {"kind": "leaderless", "data_dir": str(cluster.data_dir),
               "client_nodes": list(config.client_nodes) if config.client_nodes else None,
-              "bucket": BENCH_BUCKET if config.bucket_type == "lww" else "",
+              "bucket": config.bucket,
               "request_timeout": config.request_timeout}
     before = machine()          # load average with our cluster idle: how busy others keep the machine
     sampler = CpuSampler(cluster.pids)
@@ -391,3 +393,29 @@ def run_leaderless(config: BenchConfig, progress: Progress | None = None) -> dic
             return run_on_cluster(cluster, config, load=WORKLOADS[config.workload].load_first, progress=progress)
         finally:
             cluster.stop()
+
+
+def run_running(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """One workload run against the cluster already running at ``config.data_dir``: its nodes are
+    left as they were; the keys go to a bucket of the run's own (``config.bucket``, made if absent)."""
+    from actors.errors import LeaderlessError
+
+    from .running import RunningCluster
+
+    config.validate()
+    assert config.data_dir is not None
+    try:
+        cluster = RunningCluster(config.data_dir)
+    except LeaderlessError as exc:
+        raise BenchError(f"cannot reach the cluster at {config.data_dir}: {exc}") from exc
+    try:
+        try:
+            cluster.client.create_bucket(config.bucket, config.bucket_type, n=config.n, r=config.r, w=config.w)
+        except LeaderlessError as exc:
+            raise BenchError(f"cannot make the bench bucket {config.bucket!r} on the cluster at "
+                             f"{config.data_dir}: {exc}") from exc
+        report = run_on_cluster(cluster, config, load=WORKLOADS[config.workload].load_first, progress=progress)
+        report["servers_sampled"] = sorted(cluster.pids)
+        return report
+    finally:
+        cluster.close()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from actors import LocalCluster
 from actors.cli import main
 from bench import compare
 from bench.config import BenchConfig
@@ -26,7 +27,7 @@ from bench.histogram import LatencyHistogram, hdr_available
 from bench.runner import cpu_per_op
 from bench.toy import run_toy
 from bench.worker import run_load
-from bench.workload import WORKLOADS, Zipfian, key_chooser
+from bench.workload import WORKLOADS, Zipfian, key_chooser, key_name
 
 BACKENDS = ["log"] + (["hdr"] if hdr_available() else [])
 
@@ -56,6 +57,56 @@ def test_bench_json_prints_one_object_with_throughput_latency_errors_config_and_
     pytest.importorskip("matplotlib")
     png = Path(report["files"]["png"])
     assert png.parent == out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.cluster
+def test_bench_on_a_running_cluster_uses_its_nodes_its_own_bucket_and_leaves_it_running(make_cluster: Any,
+                                                                                       tmp_path: Path) -> None:
+    cluster = make_cluster(nodes=4)
+    pids = dict(cluster.pids)
+    result = CliRunner().invoke(main, ["bench", "--data-dir", str(cluster.data_dir), "--workload", "a", "--time", "1",
+                                       "--json", "--keys", "200", "--warmup", "0.3", "--clients", "2",
+                                       "--inflight", "4", "--out", str(tmp_path / "results")])
+    assert result.exit_code == 0, result.output
+    report = json.loads([line for line in result.stdout.splitlines() if line.strip()][0])
+    assert report["throughput"] > 0 and report["errors"] == 0
+    config = report["config"]
+    assert (config["nodes"], config["node_names"], config["bucket"]) == (4, ["n1", "n2", "n3", "n4"], "bench-n3r2w2")
+    assert report["servers_sampled"] == ["n1", "n2", "n3", "n4"] and set(report["server_cpu"]) == set(pids)
+    assert cluster.pids == pids                         # the same node processes, still running
+    client = cluster.client()
+    assert client.get(key_name(0), bucket="bench-n3r2w2").values     # the loaded keys are in its bucket
+    assert client.get(key_name(0)).values == []                       # and only there
+
+
+def test_bench_on_a_cluster_that_is_not_running_fails_with_one_line(tmp_path: Path) -> None:
+    LocalCluster(nodes=3, data_dir=tmp_path / "stopped")            # configured, never started
+    result = CliRunner().invoke(main, ["bench", "--data-dir", str(tmp_path / "stopped"), "--time", "1",
+                                       "--out", str(tmp_path / "results")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot make the bench bucket" in lines[0] and "cannot reach node n1" in lines[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--nodes", "3"], "'--nodes': --nodes sizes a fresh cluster"),
+    (["--compare"], "--data-dir benchmarks a running cluster; --compare starts"),
+    (["--gray"], "--data-dir benchmarks a running cluster; --gray starts"),
+    (["--n", "5"], "the number of nodes (4)"),
+    (["--client-nodes", "n9"], "the cluster has n1, n2, n3, n4")])
+def test_bad_options_for_a_running_cluster_exit_2_with_one_line(args: list[str], says: str, tmp_path: Path) -> None:
+    LocalCluster(nodes=4, data_dir=tmp_path)                         # its configuration is all these need
+    result = CliRunner().invoke(main, ["bench", "--data-dir", str(tmp_path), *args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+
+
+def test_bench_on_a_data_dir_without_a_cluster_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'--data-dir': no cluster in" in lines[0], lines
 
 
 @pytest.mark.parametrize("args, option", [(["--workload", "x"], "--workload"), (["--nodes", "0"], "--nodes"),
