@@ -9,7 +9,9 @@
 
 One authenticated connection per node, opened on first use; many requests in flight on
 each (pipelining); replies matched by request id. Requests go round-robin over the
-client's nodes; a node that cannot be reached is skipped for the next one. Every future
+client's nodes; a node that cannot be reached is skipped for the next one (from a done
+callback, on the client's I/O thread, so is a node whose connection is not open: it is
+reopened on a thread of its own, which that I/O thread never waits for). Every future
 is done by its deadline (the request's timeout plus ``REPLY_MARGIN``, else ``DEFAULT_WAIT``):
 with the reply, or with ``RequestTimeout`` when a node (paused, cut off) never answers, so
 done callbacks always run. A client is safe to share between threads.
@@ -50,6 +52,7 @@ RETRY_BACKOFF = 0.05    # seconds before the first retry of an idempotent operat
 REPLY_MARGIN = 2.0      # seconds a blocking call waits beyond the server-side request timeout
 DEFAULT_WAIT = 30.0     # seconds a blocking call waits when the node's own default timeout applies
 SWEEP_S = 0.25          # how often a connection with requests out fails the overdue ones
+REOPEN_PAUSE = 1.0      # seconds between background attempts to reopen one node's connection
 
 
 class Future(pykka.ThreadingFuture):
@@ -101,8 +104,8 @@ class Future(pykka.ThreadingFuture):
         ``get(0)`` and send further requests. Pipelined scripts use it to keep requests in flight
         without a thread waiting on each one. It runs by the request's deadline at the latest
         (``RequestTimeout`` if no reply came). An exception from ``fn`` is logged and ignored.
-        (A request sent from ``fn`` to a node whose connection has to be opened again holds that
-        thread for up to the connect timeout, ``CONNECT_TIMEOUT``, if the node does not answer.)
+        A request sent from ``fn`` goes to a node whose connection is open (a closed one is
+        reopened in the background), so ``fn`` never waits for a connect.
         """
         with _CALLBACKS:
             if self._result is None:
@@ -250,6 +253,9 @@ class Client:
         self._connections: dict[str, NodeConnection] = {}
         self._lock = threading.Lock()
         self._rr = itertools.count()
+        self._reopening: dict[str, float] = {}     # node -> when a background reopen may start again
+        self._reopen_lock = threading.Lock()        # not ``_lock``: a connect holds that one
+        self._closes = 0                            # how many times ``close`` ran
 
     # --- key-value API (contract) --------------------------------------------------------
 
@@ -389,6 +395,7 @@ class Client:
 
     def close(self) -> None:
         with self._lock:
+            self._closes += 1
             conns, self._connections = list(self._connections.values()), {}
         for conn in conns:
             conn.close()
@@ -421,15 +428,44 @@ class Client:
             except ConnectionError_:
                 pass
         errors: list[str] = []
+        on_loop = shared_loop().on_loop_thread()    # a done callback: never wait for a connect here
         for i in range(len(names)):
             name = names[(start + i) % len(names)]
             try:
-                return self._connection(name).request(make, *args, wait=wait)
+                if on_loop:
+                    conn = self._connections.get(name)
+                    if conn is None or conn.closed:
+                        self._reopen_later(name)
+                        raise ConnectionError_(f"no open connection to {name} (reopening it in the background)")
+                else:
+                    conn = self._connection(name)
+                return conn.request(make, *args, wait=wait)
             except AuthenticationFailed:
                 raise
             except ConnectionError_ as exc:
                 errors.append(str(exc))
         raise ClusterUnavailable("no node could be reached: " + "; ".join(errors))
+
+    def _reopen_later(self, name: str) -> None:
+        """Reopen ``name``'s connection on a thread of its own, at most once per ``REOPEN_PAUSE``."""
+        now = time.monotonic()
+        with self._reopen_lock:
+            if self._reopening.get(name, 0.0) > now:
+                return
+            self._reopening[name] = now + REOPEN_PAUSE
+
+        closes = self._closes
+
+        def reopen() -> None:
+            try:
+                self._connection(name)
+            except LeaderlessError as exc:
+                log.debug("reopening the connection to %s failed: %s", name, exc)
+                return
+            if self._closes != closes:               # the client was closed meanwhile: leave nothing open
+                self._forget(name)
+
+        threading.Thread(target=reopen, name=f"client-reopen-{name}", daemon=True).start()
 
     def _connection(self, name: str) -> NodeConnection:
         conn = self._connections.get(name)

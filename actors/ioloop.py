@@ -232,6 +232,10 @@ class IOLoop:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def on_loop_thread(self) -> bool:
+        """True when called on the loop's own thread (from a callback it runs)."""
+        return threading.current_thread() is self._thread
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()

@@ -12,6 +12,7 @@ failing, a client process dying) exits with code 1 and one line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +102,7 @@ def make_config(options: dict[str, Any], mode: str) -> BenchConfig:
         if nodes is not None:
             raise OptionError("nodes", "--nodes sizes a fresh cluster; with --data-dir the running cluster's "
                                        "nodes are used")
+        data_dir = os.path.abspath(data_dir)
         node_names = _running_nodes(data_dir)
         nodes = len(node_names)
     config = BenchConfig(

@@ -10,6 +10,7 @@ import pytest
 
 from waiting import wait_for
 
+from actors import client as client_module
 from actors import Future, InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
 from actors.client import REPLY_MARGIN
 from actors.errors import ConnectionError_, RequestTimeout
@@ -184,6 +185,54 @@ def test_done_callbacks_hear_of_a_paused_node_by_the_deadline_and_its_late_repli
     # The node answers the expired requests once resumed; the client drops those replies and goes on.
     client.put("after", b"y", timeout=10)
     assert client.get("after", timeout=10).values == [b"y"]
+
+
+def test_done_callbacks_never_wait_for_a_connect_the_closed_connection_is_reopened_in_the_background(
+        make_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = make_cluster(nodes=3)
+    client = cluster.client(nodes=["n1", "n3"])
+    client.put("first", b"x")
+    client.put("second", b"x")                                # round robin: both connections open
+    opened_on: list[str] = []                                 # the threads that opened a connection
+    real_init = client_module.NodeConnection.__init__
+
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened_on.append(threading.current_thread().name)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(client_module.NodeConnection, "__init__", recording_init)
+    cluster.pause("n3")                   # a connect to it now waits for the handshake until CONNECT_TIMEOUT
+    client._connections["n3"].close()
+    wait_for(lambda: client._connections["n3"].closed)
+    finished = threading.Event()
+    failures: list[BaseException] = []
+    written: list[int] = []
+
+    def write(step: int) -> None:
+        client.put_async(f"step{step}", b"v", timeout=5).add_done_callback(lambda f: after(f, step))
+
+    def after(future: Future, step: int) -> None:
+        try:
+            future.get(0)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            failures.append(exc)
+        written.append(step)
+        if step < 9:
+            write(step + 1)                # half of these pick n3 first: they must go to n1 at once
+        else:
+            finished.set()
+
+    try:
+        write(0)
+        assert finished.wait(30), f"{len(written)} of 10 writes answered"
+    finally:
+        cluster.resume("n3")
+    assert failures == [] and written == list(range(10))
+    assert "io-client" not in opened_on, opened_on            # the client's I/O thread never connected
+    assert "client-reopen-n3" in opened_on                    # n3 was reopened on a thread of its own
+    for key in ("again", "and again"):                      # round robin: one of them through n3, resumed
+        client.put(key, b"x", timeout=5)
+    assert not client._connections["n3"].closed
 
 
 def test_a_client_from_another_process_finds_the_cluster_through_its_data_dir(shared_cluster: LocalCluster) -> None:
