@@ -12,7 +12,8 @@ each (pipelining); replies matched by request id. Requests go round-robin over t
 client's nodes; a node that cannot be reached is skipped for the next one (from a done
 callback, on the client's I/O thread, so is a node whose connection is not open: it is
 reopened on a thread of its own, which that I/O thread never waits for). Every future
-is done by its deadline (the request's timeout plus ``REPLY_MARGIN``, else ``DEFAULT_WAIT``):
+is done by its deadline (the request's timeout plus ``REPLY_MARGIN``; without one, the
+nodes' own timeout from the cluster's configuration plus that margin, else ``DEFAULT_WAIT``):
 with the reply, or with ``RequestTimeout`` when a node (paused, cut off) never answers, so
 done callbacks always run. A client is safe to share between threads.
 """
@@ -235,10 +236,16 @@ class NodeConnection:
 
 
 class Client:
-    """Talks to a cluster through some of its nodes (all of them by default)."""
+    """Talks to a cluster through some of its nodes (all of them by default).
+
+    ``timeout``: sent with every request that names none (None: the nodes' own default).
+    ``node_timeout``: that default, the cluster configuration's ``timeout`` (``connect`` and
+    ``LocalCluster.client`` pass it); a request sent without a timeout is waited for that
+    long plus ``REPLY_MARGIN``, or ``DEFAULT_WAIT`` when it is not known.
+    """
 
     def __init__(self, addresses: Mapping[str, tuple[str, int]], secret: bytes, *, timeout: float | None = None,
-                 nodes: Iterable[str] | None = None) -> None:
+                 nodes: Iterable[str] | None = None, node_timeout: float | None = None) -> None:
         chosen = list(nodes) if nodes is not None else sorted(addresses)
         unknown = [n for n in chosen if n not in addresses]
         if unknown:
@@ -250,6 +257,7 @@ class Client:
         self._all_addresses = dict(addresses)
         self._secret = secret
         self.timeout = timeout
+        self.node_timeout = node_timeout
         self._connections: dict[str, NodeConnection] = {}
         self._lock = threading.Lock()
         self._rr = itertools.count()
@@ -288,17 +296,18 @@ class Client:
         condition = _condition(if_context, if_absent)
         timeout = timeout or self.timeout
         return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout, bucket, condition,
-                          wait=_reply_wait(timeout))
+                          wait=self._reply_wait(timeout))
 
     def get_async(self, key: str, *, r: int | str | None = None, timeout: float | None = None,
                   bucket: str = "") -> Future:
         timeout = timeout or self.timeout
-        return self._send(ClientGet, key, r, timeout, bucket, wait=_reply_wait(timeout))
+        return self._send(ClientGet, key, r, timeout, bucket, wait=self._reply_wait(timeout))
 
     def delete_async(self, key: str, context: Any = None, *, w: int | str | None = None,
                      timeout: float | None = None, bucket: str = "") -> Future:
         timeout = timeout or self.timeout
-        return self._send(ClientPut, key, None, tuple(context or ()), w, timeout, bucket, wait=_reply_wait(timeout))
+        return self._send(ClientPut, key, None, tuple(context or ()), w, timeout, bucket,
+                          wait=self._reply_wait(timeout))
 
     # --- buckets and sessions ------------------------------------------------------------
 
@@ -346,7 +355,7 @@ class Client:
         delay = RETRY_BACKOFF
         for attempt in range(attempts):
             try:
-                return self._wait(self._send(make, *args, wait=_reply_wait(timeout or self.timeout)), timeout)
+                return self._wait(self._send(make, *args, wait=self._reply_wait(timeout)), timeout)
             except (RequestTimeout, QuorumFailed, ClusterUnavailable) as exc:
                 if attempt == attempts - 1:
                     raise
@@ -416,7 +425,13 @@ class Client:
 
     def _wait(self, future: Future, timeout: float | None) -> Any:
         """Wait for a reply, as long as ``_reply_wait`` says."""
-        return future.get(timeout=_reply_wait(timeout or self.timeout))
+        return future.get(timeout=self._reply_wait(timeout))
+
+    def _reply_wait(self, timeout: float | None) -> float:
+        """How long a reply is waited for: the request's timeout (which the node enforces), else the
+        nodes' own, plus a margin; when neither is known, long enough for any sane default."""
+        limit = timeout or self.timeout or self.node_timeout
+        return limit + REPLY_MARGIN if limit else DEFAULT_WAIT
 
     def _send(self, make: Any, *args: Any, wait: float = DEFAULT_WAIT) -> Future:
         names = self._names
@@ -481,12 +496,6 @@ class Client:
         return conn
 
 
-def _reply_wait(timeout: float | None) -> float:
-    """How long a reply is waited for: the request's timeout (which the node enforces) plus a
-    margin, or, when the node's default applies, long enough for any sane default."""
-    return timeout + REPLY_MARGIN if timeout else DEFAULT_WAIT
-
-
 def _condition(if_context: Any, if_absent: bool) -> tuple | None:
     if if_absent and if_context is not None:
         raise InvalidRequest("a write is either if_absent or if_context, not both")
@@ -500,4 +509,4 @@ def _condition(if_context: Any, if_absent: bool) -> tuple | None:
 def connect(data_dir: str, *, nodes: Iterable[str] | None = None, timeout: float | None = None) -> Client:
     """A client for the cluster whose data directory is ``data_dir`` (addresses and secret read from it)."""
     config = ClusterConfig.load(data_dir)
-    return Client(config.nodes, load_secret(data_dir), nodes=nodes, timeout=timeout)
+    return Client(config.nodes, load_secret(data_dir), nodes=nodes, timeout=timeout, node_timeout=config.timeout)

@@ -347,7 +347,7 @@ class LocalCluster:
     def client(self, nodes: Iterable[str] | None = None, timeout: float | None = None) -> Client:
         if nodes is not None:
             self._check(list(nodes))
-        return Client(self.addresses, self.secret, nodes=nodes, timeout=timeout)
+        return Client(self.addresses, self.secret, nodes=nodes, timeout=timeout, node_timeout=self.config.timeout)
 
     def inspect(self, name: str, key: str) -> LocalObject | None:
         """That node's own stored object for ``key`` (no quorum); None when it holds none."""

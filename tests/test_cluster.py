@@ -12,7 +12,7 @@ from waiting import wait_for
 
 from actors import client as client_module
 from actors import Future, InvalidRequest, LocalCluster, QuorumFailed, QuorumValueError, StorageFull, connect
-from actors.client import REPLY_MARGIN
+from actors.client import DEFAULT_WAIT, REPLY_MARGIN
 from actors.errors import ConnectionError_, RequestTimeout
 from actors.ring import Ring
 
@@ -185,6 +185,36 @@ def test_done_callbacks_hear_of_a_paused_node_by_the_deadline_and_its_late_repli
     # The node answers the expired requests once resumed; the client drops those replies and goes on.
     client.put("after", b"y", timeout=10)
     assert client.get("after", timeout=10).values == [b"y"]
+
+
+def test_a_request_without_a_timeout_is_waited_for_as_long_as_the_clusters_own_timeout_allows(
+        make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=3, timeout=1.0)            # the nodes' own request timeout: 1 s
+    client = connect(str(cluster.data_dir), nodes=["n3"])   # learns it from the data dir
+    client.put("opened", b"x")
+    cluster.pause("n3")
+    heard = threading.Event()
+    errors: list[BaseException] = []
+
+    def after(future: Future) -> None:
+        try:
+            future.get(0)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+        heard.set()
+
+    try:
+        started = time.monotonic()
+        client.put_async("no timeout given", b"v").add_done_callback(after)
+        with pytest.raises(RequestTimeout):
+            client.get("no timeout given either")
+        waited = time.monotonic() - started
+        assert heard.wait(15), "the callback did not run"          # not the 30 s kept for an unknown default
+    finally:
+        cluster.resume("n3")
+        client.close()
+    assert len(errors) == 1 and isinstance(errors[0], RequestTimeout)
+    assert 1.0 + REPLY_MARGIN <= waited < DEFAULT_WAIT
 
 
 def test_done_callbacks_never_wait_for_a_connect_the_closed_connection_is_reopened_in_the_background(
