@@ -25,6 +25,15 @@ def primaries(cluster: LocalCluster, key: str) -> list[str]:
     return ring.primaries(key, config.n)
 
 
+def error_of(future: Future) -> BaseException | None:
+    """What a done future failed with, or None (for the done callbacks below)."""
+    try:
+        future.get(0)
+    except Exception as exc:  # noqa: BLE001 - every failure is handed to the test's assertions
+        return exc
+    return None
+
+
 def seen_down_by_all(cluster: LocalCluster, dead: list[str]) -> bool:
     status = cluster.status()
     return all(all(s["members"].get(d) == "down" for d in dead) for n, s in status.items() if s.get("up"))
@@ -113,10 +122,8 @@ def test_done_callbacks_keep_requests_in_flight_without_a_waiting_thread(shared_
         client.put_async(key, b"%d" % step).add_done_callback(lambda f: after(f, chain, step, key))
 
     def after(future: Future, chain: int, step: int, key: str) -> None:
-        try:
-            future.get(0)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
-            failures.append(exc)
+        if (error := error_of(future)) is not None:
+            failures.append(error)
         written.append(key)
         if step < 24:
             write(chain, step + 1)
@@ -140,10 +147,8 @@ def test_done_callbacks_hear_of_a_connection_lost_before_the_reply(make_cluster:
     all_in = threading.Event()
 
     def after(future: Future) -> None:
-        try:
-            future.get(0)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
-            errors.append(exc)
+        if (error := error_of(future)) is not None:
+            errors.append(error)
         if len(errors) == 5:
             all_in.set()
 
@@ -167,10 +172,8 @@ def test_done_callbacks_hear_of_a_paused_node_by_the_deadline_and_its_late_repli
     sent = time.monotonic()
 
     def after(future: Future) -> None:
-        try:
-            future.get(0)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
-            errors.append((exc, time.monotonic() - sent))
+        if (error := error_of(future)) is not None:
+            errors.append((error, time.monotonic() - sent))
         if len(errors) == 5:
             all_in.set()
 
@@ -197,10 +200,8 @@ def test_a_request_without_a_timeout_is_waited_for_as_long_as_the_clusters_own_t
     errors: list[BaseException] = []
 
     def after(future: Future) -> None:
-        try:
-            future.get(0)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
-            errors.append(exc)
+        if (error := error_of(future)) is not None:
+            errors.append(error)
         heard.set()
 
     try:
@@ -242,10 +243,8 @@ def test_done_callbacks_never_wait_for_a_connect_the_closed_connection_is_reopen
         client.put_async(f"step{step}", b"v", timeout=5).add_done_callback(lambda f: after(f, step))
 
     def after(future: Future, step: int) -> None:
-        try:
-            future.get(0)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
-            failures.append(exc)
+        if (error := error_of(future)) is not None:
+            failures.append(error)
         written.append(step)
         if step < 9:
             write(step + 1)                # half of these pick n3 first: they must go to n1 at once
