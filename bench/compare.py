@@ -80,7 +80,8 @@ def run_compare(config: BenchConfig, workloads: tuple[str, ...] = ("w", "c"), pe
     With several rounds, every round runs every system (in reverse order every other round, so
     a machine that speeds up or slows down during the run favours no one); a ratio is taken
     inside each round and the report gives the median round's ratio with every round's in
-    ``throughput_rounds``, and for each system the run of median throughput.
+    ``throughput_rounds``, and for each system the run of median throughput. With both W and C,
+    ``reads_over_writes`` is our C throughput over our W throughput, taken inside each round the same way.
     """
     order = ("leaderless", *peers)
     skipped: dict[str, str] = {}
@@ -110,7 +111,15 @@ def run_compare(config: BenchConfig, workloads: tuple[str, ...] = ("w", "c"), pe
     if rounds > 1:
         report["throughput_rounds"] = {system: {w: [run[system][w].get("throughput") for run in runs]
                                                 for w in workloads} for system in order}
+    if "w" in workloads and "c" in workloads:
+        report["reads_over_writes"] = _median_ratio([_reads_over_writes(run["leaderless"]) for run in runs])
     return report
+
+
+def _reads_over_writes(runs: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+    """Our C throughput over our W throughput in one round (reads at R against writes at W)."""
+    reads, writes = runs["c"].get("throughput"), runs["w"].get("throughput")
+    return {"throughput": round(reads / writes, 3)} if reads and writes else None
 
 
 def _ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float] | None:
@@ -304,6 +313,10 @@ def print_compare(report: dict[str, Any]) -> None:
                 console.print(f"{system} {w.upper()} skipped: {run['skipped']}", markup=False,
                               soft_wrap=True)
     rounds = report.get("rounds", 1)
+    reads = report.get("reads_over_writes")
+    if reads:
+        console.print(f"leaderless reads/writes: {_ratio_text(reads)}, C ops/s over W ops/s"
+                      + (" inside each round" if rounds > 1 else ""), markup=False, soft_wrap=True)
     console.print("ours/peer: leaderless ops/s over the peer's under the same load"
                   + (f", taken inside each of {rounds} rounds: the median, (lowest-highest); each system's row is "
                      "its median run" if rounds > 1 else "") + ". cpu cl / cpu srv: CPU seconds "

@@ -321,6 +321,28 @@ def test_compare_rounds_alternate_the_order_and_give_the_median_ratio_of_each_ro
     assert report["throughput_rounds"]["leaderless"]["w"] == [9000.0, 6000.0, 8000.0]
 
 
+def test_compare_gives_our_reads_over_writes_inside_each_round(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The "reads at R=2: at least 2x the write throughput", taken like the peer ratios:
+    # C over W of the same round, then the median round, with the range beside it.
+    speeds = [10000.0, 25000.0, 5000.0, 9000.0, 8000.0, 17000.0]     # (W, C) per round
+
+    def leaderless(config: BenchConfig, workloads: tuple[str, ...], progress: Any, label: str) -> dict[str, Any]:
+        return {w: {**_fake_run(speeds.pop(0)), "ops": {}, "errors": 0, "client_cpu": [0.1]} for w in workloads}
+
+    monkeypatch.setattr(compare, "_RUNNERS", {"leaderless": leaderless})
+    report = compare.run_compare(BenchConfig(), workloads=("w", "c"), peers=(), rounds=3)
+    assert report["reads_over_writes"] == {"throughput": 2.125, "throughput_rounds": [2.5, 1.8, 2.125]}
+
+    report["config"] = {"clients": 4, "inflight": 64, "value_size": 100, "time_s": 10.0}
+    compare.print_compare(report)
+    assert "leaderless reads/writes: 2.12x (1.80-2.50), C ops/s over W ops/s inside each round" in \
+        capsys.readouterr().out
+
+    speeds.append(7000.0)
+    assert "reads_over_writes" not in compare.run_compare(BenchConfig(), workloads=("w",), peers=(), rounds=1)
+
+
 @pytest.mark.cluster
 def test_compare_with_rounds_runs_end_to_end_and_prints_the_ratio_range(tmp_path: Path) -> None:
     out = tmp_path / "results"
