@@ -145,7 +145,7 @@ def plot_gray(report: dict[str, Any], path: Any) -> None:
                  ("3 healthy", report["healthy_phases"][1], ":"))
     for label, phase, style in timelines:
         series = phase["per_second"][:seconds]
-        top.stairs(series, range(len(series) + 1), linestyle=style, label=label)
+        top.stairs(series, range(len(series) + 1), baseline=None, linestyle=style, label=label)
     for label, phase, style in (("healthy", report["healthy"], "-"), ("slowed", report["slowed"], "--")):
         for op, curve in phase.get("latency_curve_ms", {}).items():
             xs, ys = _curve_points(curve)

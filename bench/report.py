@@ -168,7 +168,7 @@ def plot_run(report: dict[str, Any], path: Path) -> None:
     config = report["config"]
     seconds = max(1, math.ceil(config["warmup_s"] + config["time_s"]))
     per_second = report["per_second"][:seconds]          # the last bucket holds only the drain
-    top.stairs(per_second, range(len(per_second) + 1), color="tab:blue", linewidth=1.5)
+    top.stairs(per_second, range(len(per_second) + 1), baseline=None, color="tab:blue", linewidth=1.5)
     top.axvspan(0, config["warmup_s"], color="0.9", label="warm-up", zorder=0)
     top.axhline(report["throughput"], color="tab:red", linestyle="--", linewidth=1,
                 label=f"measured mean {report['throughput']:,.0f} ops/s")
