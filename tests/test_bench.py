@@ -364,6 +364,25 @@ def test_compare_with_rounds_runs_end_to_end_and_prints_the_ratio_range(tmp_path
     assert f"({min(ratio['throughput_rounds']):.2f}-{max(ratio['throughput_rounds']):.2f})" in console.export_text()
 
 
+@pytest.mark.cluster
+def test_gray_slows_the_last_node_in_the_middle_phase_only(tmp_path: Path) -> None:
+    # At R=W=3 every request waits for n3, so the slowed phase shows the whole delay and the
+    # healthy phases before and after it none of it: the node is slowed, then restored.
+    out = tmp_path / "gray"
+    result = CliRunner().invoke(main, ["bench", "--gray", "--slow-ms", "150", "--r", "3", "--w", "3", "--time", "1",
+                                       "--warmup", "0.2", "--keys", "200", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["slow_node"] == "n3" and report["config"]["client_nodes"] == ["n1", "n2"]
+    assert report["errors"] == 0
+    for op in ("read", "write"):
+        assert report["slowed"]["latency_ms"][op]["p50"] >= 150
+        assert [phase["latency_ms"][op]["p99"] < 150 for phase in report["healthy_phases"]] == [True, True]
+        assert report["p99_ratio"][op] == round(report["slowed"]["latency_ms"][op]["p99"]
+                                                / report["healthy"]["latency_ms"][op]["p99"], 3)
+    assert Path(report["files"]["json"]).exists() and Path(report["files"]["png"]).stat().st_size > 0
+
+
 def test_result_tables_printed_to_a_pipe_keep_their_column_headers_whole(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Rich assumes 80 columns when stdout is not a terminal, and the compare table then printed
