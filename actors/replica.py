@@ -78,17 +78,22 @@ Send = Callable[[str, Any], None]
 _KEYED = (ReplicaPut, CoordinatePut, ReplicaGet)
 _REPORTS = frozenset({Committed, Dropped, Flush})     # handled even while a drop holds other messages back
 DIRTY_LIMIT = 4096      # committed keys of one partition waiting to enter the hash tree before it catches up
-UNSORTED_LIMIT = 1 << 16  # committed keys not yet hashed into their partitions before they are
+UNSORTED_LIMIT = 1 << 16  # committed keys waiting to be hashed into their partitions, at most
+DROPPED_LIMIT = 1 << 16   # keys dropped since the actor id was taken, before it is renewed anyway
 
 
 def new_actor_id(name: str) -> str:
-    """The id in the dots this replica issues: new at every start and after every failed commit.
+    """The id in the dots this replica issues: new at every start, after every failed commit, and
+    before building a key this replica dropped (handed off, reaped) since the id was taken.
 
     A coordinating replica sends a new object out before its own commit, so a dot can
     reach other replicas without being durable here. Were the id reused after a crash or
     a failed commit, the next write could get the same dot for another value, and sync
     would silently drop one of them (Riak's kv679). A fresh id per incarnation rules that
     out, at the price of one more version-vector entry per restart for keys written after it.
+    The same holds for a key whose copy this replica dropped: its next dot would be counted
+    from nothing and could equal one the primaries already hold, so they would acknowledge
+    the write and keep the old value.
     """
     return f"{name}.{secrets.token_hex(4)}"
 
@@ -169,6 +174,7 @@ class ReplicaActor(Actor):
         self._records: dict[str, bytes | None] = {}  # stored records prefetched for the batch at hand
         self._dirty: dict[int, dict[str, int]] = {}  # partition -> committed keys not yet in the tree (key hash)
         self._unsorted: dict[str, None] = {}         # committed keys not yet hashed into ``_dirty``
+        self._dropped_keys: set[str] = set()         # keys dropped since ``actor_id`` was taken
 
     def on_start(self) -> None:
         """Rebuild the hash tree (and the tombstone list) from the store."""
@@ -315,6 +321,10 @@ class ReplicaActor(Actor):
 
     def _build(self, message: CoordinatePut) -> Built | Refused:
         """Build the new version, stage it, and queue its ack for after the commit."""
+        if message.key in self._dropped_keys:
+            # Our dots of that key left with the dropped copy: counted from what is here now, they
+            # could be ones the primaries hold already, and they would keep their old value.
+            self._renew_actor_id()
         try:
             obj = build(self._current(message.key), message, self.actor_id, self.hlc)
         except LeaderlessError as exc:
@@ -398,7 +408,7 @@ class ReplicaActor(Actor):
             else:
                 log.error("replica %s: commit failed: %r", self.name, exc)
             error = (StorageFull if full else LeaderlessError)(f"{self.name}: {exc}")
-            self.actor_id = new_actor_id(self.name)     # dots sent out in Built were not stored here
+            self._renew_actor_id()                      # dots sent out in Built were not stored here
             for dest, ack in acks:
                 self.send(dest, ack._replace(ok=False, error=error))
         else:
@@ -553,8 +563,16 @@ class ReplicaActor(Actor):
             self.tombstones.pop(key, None)
         if message.keys:
             self.stats.incr(f"dropped.{message.reason}", len(message.keys))
+            self._dropped_keys.update(message.keys)
+            if len(self._dropped_keys) > DROPPED_LIMIT:
+                self._renew_actor_id()
         waiting, self._stash = self._stash or [], None
         self._handle_all(waiting)
+
+    def _renew_actor_id(self) -> None:
+        self.actor_id = new_actor_id(self.name)
+        self._dropped_keys.clear()
+        self.stats.incr("replica.actor_ids")
 
     def _reap_candidates(self, grace: float) -> list[tuple[str, Obj]]:
         """Tombstones older than ``grace`` in keys this node leads (first primary), at most 500."""

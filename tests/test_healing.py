@@ -260,3 +260,33 @@ def test_with_read_repair_chance_one_every_read_asks_every_replica_and_repairs_a
 def test_a_read_repair_chance_outside_zero_to_one_is_refused(tmp_path, chance) -> None:
     with pytest.raises(LeaderlessError, match="read_repair_chance"):
         LocalCluster(nodes=3, data_dir=tmp_path, read_repair_chance=chance)
+
+
+def test_a_blind_write_through_a_node_that_handed_the_key_off_is_kept_beside_the_old_value(make_cluster) -> None:
+    # n4 stands in for n3 on a key of n1, n2 and n3, hands it off when n3 is back and drops its
+    # copy. A second blind write through n4 while n3 is away again must become a sibling of the
+    # first on every replica, not a dot the primaries already hold (acknowledged, then dropped).
+    cluster = make_cluster(nodes=4, n=3, **FAST)
+    ring = ring_of(cluster)
+    key = next(k for k in (f"kv679-{i}" for i in range(1000)) if set(ring.primaries(k, 3)) == {"n1", "n2", "n3"})
+
+    def away(name: str) -> None:
+        cluster.isolate(name)
+        wait_for(lambda: all(s["members"][name] == "down" for n, s in cluster.status().items() if n != name),
+                 60, f"{name} seen down")
+
+    with cluster.client(nodes=["n4"]) as via_n4:
+        away("n3")
+        via_n4.put(key, b"first", w=3)
+        assert cluster.inspect("n4", key) is not None                      # n4 held it for n3
+        cluster.heal()
+        wait_for(lambda: cluster.inspect("n4", key) is None and cluster.inspect("n3", key) is not None, 30,
+                 "n4 handed the key off and dropped its copy", interval=0.2)
+
+        away("n3")
+        via_n4.put(key, b"second", w=3)                                     # blind: no context
+        cluster.heal()
+        wait_for(lambda: all(sorted(cluster.inspect(node, key).values) == [b"first", b"second"]
+                             for node in ("n1", "n2", "n3")), 30, "both values on every primary", interval=0.2)
+    with cluster.client() as client:
+        assert sorted(client.get(key, r=3).values) == [b"first", b"second"]

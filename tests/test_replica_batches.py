@@ -10,11 +10,11 @@ import pytest
 
 from actors.membership import Membership
 from storage.codec import decode_object
-from actors.messages import Ack, Acks, Batch, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest
+from actors.messages import Ack, Acks, Batch, Built, CoordinatePut, Drop, ReplicaGet, ReplicaGetReply, ReplicaPut, TreeReply, TreeRequest
 from actors.replica import ReplicaActor
 from actors.ring import Ring
 from actors.stats import Stats
-from storage import objects, versions
+from storage import crdts, objects, versions
 from storage.merkle import MerkleTree
 from storage.store import MemoryStore
 
@@ -130,3 +130,29 @@ def test_the_acknowledgements_of_one_commit_reach_each_coordinator_as_one_messag
         got.setdefault(dest, []).extend(message.req_ids)
     assert sorted(got["co1"]) == [1, 3, 5, 7, 9] and sorted(got["co2"]) == [0, 2, 4, 6, 8]
     assert all(store.get(f"k{i}") is not None for i in range(10))   # acknowledged only once committed
+
+
+def built(sent: "queue.Queue[tuple[str, Any]]", req_id: int) -> Any:
+    while True:
+        _, message = sent.get(timeout=WAIT)
+        if isinstance(message, Built) and message.req_id == req_id:
+            return message.obj
+
+
+@pytest.mark.parametrize("kind, op, value_of", [
+    ("siblings", None, lambda obj: sorted(versions.values(obj))),
+    ("crdt:counter", ("increment", 1), lambda obj: crdts.value(obj))])
+def test_a_key_built_again_after_this_replica_dropped_it_gets_dots_no_replica_has_seen(
+        replica: Any, kind: str, op: Any, value_of: Any) -> None:
+    # As a fallback, this node coordinated a write of "k", handed it off to the primaries and
+    # dropped its copy. When it coordinates "k" again (a blind put, or an increment), it has no
+    # copy to count its own dots from: reusing them, the primaries would take the new write for
+    # one they already hold, acknowledge it, and keep only the old one (Riak's kv679).
+    ref, store, sent = replica
+    ref.tell(CoordinatePut(1, "co", "k", b"first", (), kind=kind, op=op, op_id="op-1" if op else None))
+    first = built(sent, 1)
+    ref.tell(Drop([("k", first)], "handoff"))
+    ref.tell(CoordinatePut(2, "co", "k", b"second", (), kind=kind, op=op, op_id="op-2" if op else None))
+    second = built(sent, 2)
+    held_by_the_primaries = objects.merge(first, second)
+    assert value_of(held_by_the_primaries) == ([b"first", b"second"] if kind == "siblings" else 2)
