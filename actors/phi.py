@@ -13,6 +13,7 @@ import math
 from collections import deque
 
 LOG10_E = math.log10(math.e)
+OUTAGE_PHI = 4.0    # a gap that took the peer's phi past this is an outage, not an arrival interval
 
 
 class PhiDetector:
@@ -31,9 +32,17 @@ class PhiDetector:
         return self._last
 
     def heartbeat(self, now: float) -> None:
-        """A new heartbeat of the peer was observed at ``now``."""
+        """A new heartbeat of the peer was observed at ``now``.
+
+        A gap long enough to take phi past ``OUTAGE_PHI`` (half of Cassandra's threshold) is not
+        recorded: it was a partition or a pause, not how often heartbeats arrive, and counting it
+        would convict the same peer later at its next outage (Cassandra ignores intervals above
+        ``fd_max_interval`` for this reason). Gossip that slows step by step is still learnt."""
         if self._last is not None:
             interval = now - self._last
+            if interval / self.mean() * LOG10_E > OUTAGE_PHI:
+                self._last = now
+                return
             if len(self._intervals) == self._intervals.maxlen:
                 self._sum -= self._intervals[0]
             self._intervals.append(interval)

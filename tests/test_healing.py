@@ -273,7 +273,7 @@ def test_a_blind_write_through_a_node_that_handed_the_key_off_is_kept_beside_the
     def away(name: str) -> None:
         cluster.isolate(name)
         wait_for(lambda: all(s["members"][name] == "down" for n, s in cluster.status().items() if n != name),
-                 60, f"{name} seen down")
+                 20, f"{name} seen down")
 
     with cluster.client(nodes=["n4"]) as via_n4:
         away("n3")
