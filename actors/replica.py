@@ -22,6 +22,7 @@ answers the repairer's tree, batch-read and batch-write requests.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -79,7 +80,7 @@ _KEYED = (ReplicaPut, CoordinatePut, ReplicaGet)
 _REPORTS = frozenset({Committed, Dropped, Flush})     # handled even while a drop holds other messages back
 DIRTY_LIMIT = 4096      # committed keys of one partition waiting to enter the hash tree before it catches up
 UNSORTED_LIMIT = 1 << 16  # committed keys waiting to be hashed into their partitions, at most
-DROPPED_LIMIT = 1 << 16   # keys dropped since the actor id was taken, before it is renewed anyway
+EPOCH_LIMIT = 1 << 16     # keys with an actor id of their own (rebuilt after a drop) before all are renewed
 
 
 def new_actor_id(name: str) -> str:
@@ -91,9 +92,10 @@ def new_actor_id(name: str) -> str:
     a failed commit, the next write could get the same dot for another value, and sync
     would silently drop one of them (Riak's kv679). A fresh id per incarnation rules that
     out, at the price of one more version-vector entry per restart for keys written after it.
-    The same holds for a key whose copy this replica dropped: its next dot would be counted
-    from nothing and could equal one the primaries already hold, so they would acknowledge
-    the write and keep the old value.
+    The same holds for a key whose copy this replica dropped (handed off, reaped): its next
+    dot would be counted from nothing and could equal one the primaries already hold, so they
+    would acknowledge the write and keep the old value. Such a key is built again under an
+    id of its own (``ReplicaActor.actor_for``), so other keys' version vectors do not grow.
     """
     return f"{name}.{secrets.token_hex(4)}"
 
@@ -174,7 +176,9 @@ class ReplicaActor(Actor):
         self._records: dict[str, bytes | None] = {}  # stored records prefetched for the batch at hand
         self._dirty: dict[int, dict[str, int]] = {}  # partition -> committed keys not yet in the tree (key hash)
         self._unsorted: dict[str, None] = {}         # committed keys not yet hashed into ``_dirty``
-        self._dropped_keys: set[str] = set()         # keys dropped since ``actor_id`` was taken
+        self._dropped_keys: set[str] = set()         # dropped since ``actor_id`` was taken, not built since
+        self._key_actors: dict[str, str] = {}        # key -> its own actor id (built again after a drop)
+        self._epochs = itertools.count(1)
 
     def on_start(self) -> None:
         """Rebuild the hash tree (and the tombstone list) from the store."""
@@ -321,12 +325,8 @@ class ReplicaActor(Actor):
 
     def _build(self, message: CoordinatePut) -> Built | Refused:
         """Build the new version, stage it, and queue its ack for after the commit."""
-        if message.key in self._dropped_keys:
-            # Our dots of that key left with the dropped copy: counted from what is here now, they
-            # could be ones the primaries hold already, and they would keep their old value.
-            self._renew_actor_id()
         try:
-            obj = build(self._current(message.key), message, self.actor_id, self.hlc)
+            obj = build(self._current(message.key), message, self.actor_for(message.key), self.hlc)
         except LeaderlessError as exc:
             return Refused(message.req_id, self.name, exc)
         self._stage(message.key, obj, message.hint_for)
@@ -564,14 +564,32 @@ class ReplicaActor(Actor):
         if message.keys:
             self.stats.incr(f"dropped.{message.reason}", len(message.keys))
             self._dropped_keys.update(message.keys)
-            if len(self._dropped_keys) > DROPPED_LIMIT:
+            if len(self._dropped_keys) > EPOCH_LIMIT:
                 self._renew_actor_id()
         waiting, self._stash = self._stash or [], None
         self._handle_all(waiting)
 
+    def actor_for(self, key: str) -> str:
+        """The actor id of the next dot of ``key``: ``actor_id``, unless this replica dropped the key
+        since that id was taken. Our dots of it then left with the dropped copy; counted again from
+        what is here, they could equal ones the primaries hold, which would keep their old value.
+        So the key gets an id of its own, kept for its later writes (they find its dots here)."""
+        if not self._dropped_keys and not self._key_actors:
+            return self.actor_id
+        if key in self._dropped_keys:
+            self._dropped_keys.discard(key)
+            if len(self._key_actors) >= EPOCH_LIMIT:
+                self._renew_actor_id()               # a new id for every key; the lists start again
+                return self.actor_id
+            self._key_actors[key] = f"{self.actor_id}/{next(self._epochs)}"
+            self.stats.incr("replica.key_actor_ids")
+        return self._key_actors.get(key, self.actor_id)
+
     def _renew_actor_id(self) -> None:
+        """A new id for every key: none of its dots exist anywhere yet."""
         self.actor_id = new_actor_id(self.name)
         self._dropped_keys.clear()
+        self._key_actors.clear()
         self.stats.incr("replica.actor_ids")
 
     def _reap_candidates(self, grace: float) -> list[tuple[str, Obj]]:

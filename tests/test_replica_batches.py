@@ -132,7 +132,7 @@ def test_the_acknowledgements_of_one_commit_reach_each_coordinator_as_one_messag
     assert all(store.get(f"k{i}") is not None for i in range(10))   # acknowledged only once committed
 
 
-def built(sent: "queue.Queue[tuple[str, Any]]", req_id: int) -> Any:
+def built(sent: queue.Queue[tuple[str, Any]], req_id: int) -> Any:
     while True:
         _, message = sent.get(timeout=WAIT)
         if isinstance(message, Built) and message.req_id == req_id:
@@ -148,7 +148,7 @@ def test_a_key_built_again_after_this_replica_dropped_it_gets_dots_no_replica_ha
     # dropped its copy. When it coordinates "k" again (a blind put, or an increment), it has no
     # copy to count its own dots from: reusing them, the primaries would take the new write for
     # one they already hold, acknowledge it, and keep only the old one (Riak's kv679).
-    ref, store, sent = replica
+    ref, _, sent = replica
     ref.tell(CoordinatePut(1, "co", "k", b"first", (), kind=kind, op=op, op_id="op-1" if op else None))
     first = built(sent, 1)
     ref.tell(Drop([("k", first)], "handoff"))
@@ -156,3 +156,21 @@ def test_a_key_built_again_after_this_replica_dropped_it_gets_dots_no_replica_ha
     second = built(sent, 2)
     held_by_the_primaries = objects.merge(first, second)
     assert value_of(held_by_the_primaries) == ([b"first", b"second"] if kind == "siblings" else 2)
+
+
+def test_only_the_dropped_key_gets_a_new_actor_id_and_keeps_it_for_its_later_writes(replica: Any) -> None:
+    # A new id for the whole replica would add a version-vector entry to every key it writes next.
+    ref, _, sent = replica
+    ref.tell(CoordinatePut(1, "co", "k", b"first", ()))
+    ref.tell(CoordinatePut(2, "co", "other", b"one", ()))
+    k1, other1 = built(sent, 1), built(sent, 2)
+    ref.tell(Drop([("k", k1)], "handoff"))
+    ref.tell(CoordinatePut(3, "co", "k", b"second", ()))
+    k2 = built(sent, 3)
+    ref.tell(CoordinatePut(4, "co", "k", b"third", objects.context(k2)))
+    ref.tell(CoordinatePut(5, "co", "other", b"two", objects.context(other1)))
+    k3, other2 = built(sent, 4), built(sent, 5)
+    assert dict(objects.context(k1)).keys() != dict(objects.context(k2)).keys()
+    assert dict(objects.context(k3)).keys() == dict(objects.context(k2)).keys()    # its own id, kept
+    assert dict(objects.context(other2)) == {actor: 2 for actor in dict(objects.context(other1))}
+    assert versions.values(k3) == [b"third"] and versions.values(other2) == [b"two"]
