@@ -84,8 +84,8 @@ EPOCH_LIMIT = 1 << 16     # keys with an actor id of their own (rebuilt after a 
 
 
 def new_actor_id(name: str) -> str:
-    """The id in the dots this replica issues: new at every start, after every failed commit, and
-    before building a key this replica dropped (handed off, reaped) since the id was taken.
+    """The id in the dots this replica issues: new at every start and after every failed commit
+    (a key this replica dropped gets an id of its own: ``ReplicaActor.actor_for``).
 
     A coordinating replica sends a new object out before its own commit, so a dot can
     reach other replicas without being durable here. Were the id reused after a crash or
