@@ -8,8 +8,8 @@ from .buckets import Bucket, Session
 from .client import Client, Future, connect
 from .cluster import LocalCluster
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, InvalidRequest, LeaderlessError,
-                     ProtocolError, QuorumFailed, QuorumValueError, RequestTimeout, SessionViolation, StorageFull,
-                     UnknownBucket, VersionMismatch)
+                     NotPresent, ProtocolError, QuorumFailed, QuorumValueError, RequestTimeout, SessionViolation,
+                     StorageFull, UnknownBucket, VersionMismatch)
 from .messages import BucketProps, GetResult, LocalObject, Value
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "LeaderlessError",
     "LocalCluster",
     "LocalObject",
+    "NotPresent",
     "ProtocolError",
     "QuorumFailed",
     "QuorumValueError",

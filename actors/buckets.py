@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.versions import merge_contexts
 
-from .errors import ConnectionError_, InvalidRequest, QuorumFailed, RequestTimeout, SessionViolation
+from .errors import ConnectionError_, InvalidRequest, NotPresent, QuorumFailed, RequestTimeout, SessionViolation
 from .messages import BucketProps, ClientGet, GetResult, Value
 
 if TYPE_CHECKING:
@@ -101,15 +101,24 @@ class Bucket:
     def add(self, key: str, element: Any, **options: Any) -> tuple:
         return self._op(key, ("add", element), **options)
 
-    def remove(self, key: str, element: Any, **options: Any) -> tuple:
-        """set: remove an element; map: remove a field."""
-        return self._op(key, ("remove", element), **options)
+    def remove(self, key: str, element: Any, *, context: Any = None, r: int | str | None = None,
+               **options: Any) -> tuple:
+        """set: remove an element; map: remove a field (a name, or a ``(name, type)`` pair).
+
+        It removes what the client observed: without ``context`` it reads the key first (at ``r``)
+        and raises ``NotPresent`` if the element (field) is not there; the remove then carries that
+        read's context, so it takes exactly what the read saw, even where it is built on a replica
+        that is behind. An add the read did not see survives (add wins)."""
+        return self._remove(key, ("remove", element), [element], context, r, options)
 
     def add_all(self, key: str, elements: Any, **options: Any) -> tuple:
         return self._op(key, ("add_all", tuple(elements)), **options)
 
-    def remove_all(self, key: str, elements: Any, **options: Any) -> tuple:
-        return self._op(key, ("remove_all", tuple(elements)), **options)
+    def remove_all(self, key: str, elements: Any, *, context: Any = None, r: int | str | None = None,
+                   **options: Any) -> tuple:
+        """set: remove several elements, as ``remove`` does (``NotPresent`` if any is not there)."""
+        elements = tuple(elements)
+        return self._remove(key, ("remove_all", elements), list(elements), context, r, options)
 
     def assign(self, key: str, value: Any, **options: Any) -> tuple:
         return self._op(key, ("assign", value), **options)
@@ -117,24 +126,71 @@ class Bucket:
     def enable(self, key: str, **options: Any) -> tuple:
         return self._op(key, ("enable",), **options)
 
-    def disable(self, key: str, **options: Any) -> tuple:
-        return self._op(key, ("disable",), **options)
+    def disable(self, key: str, *, context: Any = None, r: int | str | None = None, **options: Any) -> tuple:
+        """flag: disable what the client observed enabled (an enable it did not see wins)."""
+        return self._remove(key, ("disable",), [], context, r, options)
 
-    def update(self, key: str, field: str, field_type: str, op: tuple, **options: Any) -> tuple:
-        """map: apply ``op`` to the field ``field`` of type ``field_type`` (counter, set, register, flag)."""
-        return self._op(key, ("update", field, field_type, tuple(op)), **options)
+    def update(self, key: str, field: str, field_type: str, op: tuple, *, context: Any = None,
+               r: int | str | None = None, **options: Any) -> tuple:
+        """map: apply ``op`` to the field ``field`` of type ``field_type`` (counter, set, register, flag).
+
+        A remove inside a set field, or a flag field's disable, reads first like ``remove``."""
+        op = ("update", field, field_type, tuple(op))
+        if field_type == "set" and op[3][:1] in (("remove",), ("remove_all",)) and len(op[3]) == 2:
+            elements = [op[3][1]] if op[3][0] == "remove" else list(op[3][1])
+            return self._remove(key, op, [((field, "set"), e) for e in elements], context, r, options)
+        if field_type == "flag" and op[3] == ("disable",):
+            return self._remove(key, op, [], context, r, options)
+        return self._op(key, op, **options)
+
+    def _remove(self, key: str, op: tuple, targets: list[Any], context: Any, r: int | str | None,
+                options: dict[str, Any]) -> tuple:
+        """A remove based on a read: the caller's ``context``, else a read of the key now."""
+        self._check_op(op)
+        if context is None:
+            result = self.read(key, r=r, timeout=options.get("timeout"))
+            value = result.value if isinstance(result, Value) else None
+            missing = [t for t in targets if not _holds(self.type, value, t)]
+            if missing:
+                raise NotPresent(f"{', '.join(_describe(t) for t in missing)} not in {self.name}/{key} "
+                                 "(as the read before the remove saw it): nothing removed")
+            context = result.context
+        return self._op(key, op, context=context, **options)
 
     def _op(self, key: str, op: tuple, **options: Any) -> tuple:
-        if op[0] not in _OPERATIONS.get(self.type, ()):
-            raise InvalidRequest(f"a {self.type} bucket has no {op[0]!r} operation")
+        self._check_op(op)
         context = self.client.update(self.name, key, op, **options)
         if self.session is not None:
             self.session.saw(self.name, key, context)
         return context
 
+    def _check_op(self, op: tuple) -> None:
+        if op[0] not in _OPERATIONS.get(self.type, ()):
+            raise InvalidRequest(f"a {self.type} bucket has no {op[0]!r} operation")
+
     def _need(self, *types: str) -> None:
         if self.type not in types:
             raise InvalidRequest(f"bucket {self.name!r} is a {self.type} bucket: use its operations, not put/delete")
+
+
+def _holds(bucket_type: str, value: Any, target: Any) -> bool:
+    """Whether a read's value holds a remove's target: a set element; a map field (a name, or a
+    ``(name, type)`` pair) or ``((name, "set"), element)`` inside a set field."""
+    if not value:
+        return False
+    if bucket_type == "set":
+        return target in value
+    if isinstance(target, str):
+        return any(name == target for name, _ in value)
+    if isinstance(target, tuple) and len(target) == 2 and isinstance(target[0], tuple):
+        return target[1] in value.get(target[0], ())
+    return tuple(target) in value if isinstance(target, (tuple, list)) else False
+
+
+def _describe(target: Any) -> str:
+    if isinstance(target, tuple) and len(target) == 2 and isinstance(target[0], tuple):
+        return f"{target[1]!r} (in field {target[0][0]!r})"
+    return repr(target)
 
 
 def _fields(value: dict[tuple[str, str], Any]) -> dict[str, Any]:

@@ -179,13 +179,17 @@ def cluster_join(name: str | None, data_dir: str) -> None:
 @click.argument("node")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the node has handed off its data.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the handoff.")
+@click.option("--force", is_flag=True, help="Leave even if fewer members than the largest n in use would remain.")
 @data_dir_option
-def cluster_leave(node: str, wait: bool, timeout: float, data_dir: str) -> None:
-    """Decommission NODE: it streams its data to the new owners, then stops."""
+def cluster_leave(node: str, wait: bool, timeout: float, force: bool, data_dir: str) -> None:
+    """Decommission NODE: it streams its data to the new owners, then stops.
+
+    Refused when fewer members than the largest n in use (the cluster's, or a bucket's) would
+    remain, unless --force."""
     with _client(data_dir) as client:
         if node not in client.addresses:
             raise click.BadParameter(f"no node {node} in {data_dir}", param_hint="NODE")
-        version = client.ring_change(node, "leave", node)
+        version = client.ring_change(node, "leave", node, force=force)
         click.echo(f"{node} is leaving (ring version {version})", err=True)
         deadline = time.monotonic() + timeout
         while wait:

@@ -38,6 +38,7 @@ from .config import ClusterConfig, load_secret
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, InvalidRequest, LeaderlessError,
                      ProtocolError, QuorumFailed, RequestTimeout)
 from .ioloop import shared_loop
+from .limits import check_key, check_value
 from .messages import (BucketCreate, BucketInfo, ClientGet, ClientPut, ClientUpdate, ConfigRequest, GetResult, Hello,
                        InspectRequest, LocalObject, Reply, RingChange, SetFaults, StatusRequest)
 from .transport import Connection
@@ -293,18 +294,24 @@ class Client:
                   if_absent: bool = False) -> Future:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"value must be bytes, got {type(value).__name__}")
+        check_key(bucket, key)                      # over a limit: InvalidRequest now, before anything is sent
+        check_value(value)
         condition = _condition(if_context, if_absent)
+        if context is None and if_context is not None:
+            context = if_context                  # it replaces the version it is conditional on
         timeout = timeout or self.timeout
         return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout, bucket, condition,
                           wait=self._reply_wait(timeout))
 
     def get_async(self, key: str, *, r: int | str | None = None, timeout: float | None = None,
                   bucket: str = "") -> Future:
+        check_key(bucket, key)
         timeout = timeout or self.timeout
         return self._send(ClientGet, key, r, timeout, bucket, wait=self._reply_wait(timeout))
 
     def delete_async(self, key: str, context: Any = None, *, w: int | str | None = None,
                      timeout: float | None = None, bucket: str = "") -> Future:
+        check_key(bucket, key)
         timeout = timeout or self.timeout
         return self._send(ClientPut, key, None, tuple(context or ()), w, timeout, bucket,
                           wait=self._reply_wait(timeout))
@@ -344,11 +351,18 @@ class Client:
         return Session(self, timeout, token)
 
     def update(self, bucket: str, key: str, op: tuple, *, w: int | str | None = None,
-               timeout: float | None = None, op_id: str | None = None, attempts: int = 3) -> tuple:
+               timeout: float | None = None, op_id: str | None = None, attempts: int = 3,
+               context: Any = None) -> tuple:
         """Apply a CRDT operation; retried on timeouts and ``QuorumFailed`` with the same operation id,
-        so it is applied once. Returns the new context."""
+        so it is applied once. Returns the new context.
+
+        ``context`` (removes): the context of the read the remove is based on; it removes exactly what
+        that read observed, even on a replica that is behind. Without one, the key's first reachable
+        primary removes what it holds (``NotPresent`` if that is nothing). ``Bucket.remove`` reads first.
+        """
         op_id = op_id or uuid.uuid4().hex
-        return self._retrying(ClientUpdate, bucket, key, tuple(op), op_id, w, timeout or self.timeout,
+        observed = None if context is None else tuple(tuple(pair) for pair in context)
+        return self._retrying(ClientUpdate, bucket, key, tuple(op), op_id, w, timeout or self.timeout, observed,
                               attempts=attempts, timeout=timeout)
 
     def _retrying(self, make: Any, *args: Any, attempts: int = 3, timeout: float | None = None) -> Any:
@@ -384,9 +398,11 @@ class Client:
         return out
 
     def ring_change(self, node: str, action: str, name: str, host: str = "", port: int = 0,
-                    timeout: float = 10.0) -> int:
-        """Ask ``node`` to add (``join``) or remove (``leave``) ``name``; returns the new ring version."""
-        return self._connection(node).request(RingChange, action, name, host, port).get(timeout)
+                    timeout: float = 10.0, force: bool = False) -> int:
+        """Ask ``node`` to add (``join``) or remove (``leave``) ``name``; returns the new ring version.
+
+        A leave that would leave fewer members than the largest n in use is refused unless ``force``."""
+        return self._connection(node).request(RingChange, action, name, host, port, force).get(timeout)
 
     def cluster_config(self, node: str, timeout: float = 5.0) -> dict[str, Any]:
         """The cluster's configuration and member addresses, as ``node`` knows them."""

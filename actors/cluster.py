@@ -221,10 +221,13 @@ class LocalCluster:
         self.wait_for_ring(version, timeout=timeout)
         return name
 
-    def decommission(self, name: str, timeout: float = 120.0) -> None:
-        """Take ``name`` out of the ring: it streams its data to the new owners, then stops."""
+    def decommission(self, name: str, timeout: float = 120.0, force: bool = False) -> None:
+        """Take ``name`` out of the ring: it streams its data to the new owners, then stops.
+
+        Refused (``InvalidRequest``) when fewer members than the largest n in use would be left,
+        unless ``force``."""
         self._proc(name)
-        self._admin().ring_change(name, "leave", name)
+        self._admin().ring_change(name, "leave", name, force=force)
         proc = self._procs[name]
         try:
             proc.wait(timeout=timeout)       # a node that has left exits by itself
@@ -360,7 +363,9 @@ class LocalCluster:
         return {node: everyone[node] for node in self.nodes}
 
     def wait_until_converged(self, nodes: Iterable[str], timeout: float | None = None) -> None:
-        """Wait until each of ``nodes`` answers and sees up every other of them it is not partitioned from."""
+        """Wait until each of ``nodes`` answers and sees up every other of them it is not partitioned from,
+        in its current incarnation (a restarted node presumes its peers up at once; this waits until
+        gossip has told both sides of the restart)."""
         wanted = list(nodes)
         deadline = time.monotonic() + (timeout or self.start_timeout)
         last: Any = None
@@ -371,8 +376,11 @@ class LocalCluster:
                     raise ClusterUnavailable(f"node {name} exited with code {proc.returncode}; see "
                                              f"{self.data_dir / name / 'node.log'}")
             try:
-                views = {name: self._admin().status(name, timeout=1.0)["members"] for name in wanted}
-                if all(views[a].get(b) == "up" for a in wanted for b in wanted if self._reachable(a, b)):
+                status = {name: self._admin().status(name, timeout=1.0) for name in wanted}
+                views = {name: s["members"] for name, s in status.items()}
+                pairs = [(a, b) for a in wanted for b in wanted if a != b and self._reachable(a, b)]
+                if all(views[a].get(b) == "up" and status[a]["incarnations"].get(b) == status[b]["incarnation"]
+                       for a, b in pairs):
                     return
                 last = views
             except LeaderlessError as exc:

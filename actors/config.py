@@ -2,7 +2,8 @@
 
     DATA_DIR/
       cluster.json     nodes and their addresses, n/r/w, timings (written by LocalCluster)
-      secret           the cluster secret, 32 random bytes hex, mode 0600
+      secret           the cluster secret, 32 random bytes hex, mode 0600 (any bytes will do;
+                       ASCII whitespace around them is ignored; empty or readable by others: refused)
       n1/store/        n1's LMDB environment
       n1/node.log      n1's log
 """
@@ -10,13 +11,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ClusterUnavailable, InvalidRequest
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "cluster.json"
 SECRET_FILE = "secret"
@@ -86,22 +91,55 @@ class ClusterConfig:
         return cls(**body)
 
 
+def holds_cluster(data_dir: str | os.PathLike[str]) -> bool:
+    """True if ``data_dir`` already holds a cluster: its ``cluster.json``, or any node's store."""
+    root = Path(data_dir)
+    return (root / CONFIG_FILE).exists() or any(root.glob("*/store"))
+
+
 def ensure_secret(data_dir: str | os.PathLike[str]) -> bytes:
-    """The cluster secret, generated (0600) on first use."""
+    """The cluster secret, generated (0600) on first use of a new data dir.
+
+    Never for a data dir that already holds a cluster: a new secret there would lock every node
+    and client that has the old one out (and hide that the file was lost), so the operator is
+    asked to copy the cluster's secret back instead.
+    """
     path = Path(data_dir) / SECRET_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
+        if holds_cluster(data_dir):
+            raise ClusterUnavailable(
+                f"{data_dir} holds a cluster but no secret file ({path}): copy the cluster's secret there "
+                f"(from another node's data dir) and `chmod 600 {path}`; a new secret would lock every "
+                "existing node and client out")
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+        log.info("generated a new cluster secret in %s", path)
     return load_secret(data_dir)
 
 
 def load_secret(data_dir: str | os.PathLike[str]) -> bytes:
+    """The cluster secret: the bytes of ``DATA_DIR/secret``, ASCII whitespace around them stripped.
+
+    Refused (``ClusterUnavailable``, naming the file): a missing, unreadable or empty file (an empty
+    secret would let in anyone with an empty secret), and, as ssh does for keys, a file that its
+    group or others may read or write.
+    """
     path = Path(data_dir) / SECRET_FILE
     try:
-        return path.read_text().strip().encode()
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ClusterUnavailable(f"the cluster secret {path} is not a regular file")
+        if mode & 0o077:
+            raise ClusterUnavailable(f"the cluster secret {path} is open to others (mode {stat.S_IMODE(mode):04o}): "
+                                     f"run `chmod 600 {path}`")
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ClusterUnavailable(f"no cluster secret in {data_dir} (missing {SECRET_FILE})") from exc
     except OSError as exc:
         raise ClusterUnavailable(f"cannot read the cluster secret {path}: {exc}") from exc
+    secret = data.strip()                 # bytes.strip(): ASCII whitespace only, any other byte is kept
+    if not secret:
+        raise ClusterUnavailable(f"the cluster secret {path} is empty: copy the cluster's secret into it")
+    return secret

@@ -28,10 +28,11 @@ from typing import Any
 
 from storage import crdts, objects
 from storage.objects import Obj
-from storage.store import MAX_KEY_BYTES as STORE_MAX_KEY_BYTES
 
 from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, RequestTimeout, SessionViolation, StorageFull,
                      UnknownBucket, VersionMismatch)
+from . import options
+from .limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from .mailbox import Actor
 from .membership import Membership
 from .outbox import Outbox, SendBatch
@@ -43,8 +44,6 @@ from .stats import Stats
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]
-MAX_KEY_BYTES = STORE_MAX_KEY_BYTES
-MAX_VALUE_BYTES = 16 << 20
 MAX_TIMEOUT = 600.0
 SESSION_RETRY = 0.05        # seconds between rounds of a session read still waiting for a new enough replica
 BUILD_MARGIN = 0.25        # a put moves to the next replica this share of its build window after build_by
@@ -55,15 +54,12 @@ EMPTY_VALUES: dict[str, Any] = {"counter": 0, "set": frozenset(), "register": No
 
 @dataclass
 class Settings:
-    """Cluster-wide request defaults (buckets may set their own n, r, w).
+    """Cluster-wide request settings. (n, r and w are the buckets': ``Membership.bucket``.)
 
     ``read_repair_chance``: the share of reads (r < n) that ask every replica instead of r of
     them, so read repair also reaches replicas outside the fastest r (Cassandra's
     ``read_repair_chance``); anti-entropy covers the rest.
     """
-    n: int = 3
-    r: int | str = 2
-    w: int | str = 2
     timeout: float = 3.0
     read_repair_chance: float = 0.1
 
@@ -91,6 +87,7 @@ class PutRequest:
     op_id: str | None = None
     condition: tuple | None = None
     timer_at: float = 0.0
+    observed: tuple | None = None
 
 
 @dataclass(slots=True)
@@ -123,6 +120,11 @@ def _may_build_twice(request: PutRequest) -> bool:
     retry with the same op id meets the same first replica, which applies it once).
     """
     return request.kind in ("siblings", "lww") and request.condition is None
+
+
+def _build_order(targets: list[tuple[str, str | None]]) -> list[str]:
+    """Who may build a write, best first: the reachable primaries in ring order, then the fallbacks."""
+    return [node for node, hint in targets if hint is None] + [node for node, hint in targets if hint is not None]
 
 
 def validate_key(key: Any) -> str:
@@ -173,14 +175,8 @@ def validate_condition(condition: Any) -> tuple | None:
 
 
 def storage_key(bucket: str, key: str) -> str:
-    """The key as replicas store it: the default bucket's keys as they are, others prefixed (NUL-separated;
-    user keys cannot hold NUL)."""
-    if not bucket:
-        return key
-    full = f"{bucket}\x00{key}"
-    if len(full.encode("utf-8")) > MAX_KEY_BYTES:
-        raise InvalidRequest(f"bucket name and key together are longer than {MAX_KEY_BYTES} bytes")
-    return full
+    """The key as replicas store it (``options.storage_key``)."""
+    return options.storage_key(bucket, key, MAX_KEY_BYTES)
 
 
 def validate_timeout(timeout: Any, default: float) -> float:
@@ -272,9 +268,7 @@ class CoordinatorActor(Actor):
 
     def bucket(self, name: Any) -> BucketProps:
         """A bucket's properties (the default bucket "" has the cluster's)."""
-        if name == "" or name is None:
-            return BucketProps("", "siblings", self.settings.n, self.settings.r, self.settings.w)
-        props = self.membership.buckets.get(name) if isinstance(name, str) else None
+        props = self.membership.bucket(name)
         if props is None:
             raise UnknownBucket(f"no bucket {name!r}: create it first (client.create_bucket)")
         return props
@@ -307,17 +301,19 @@ class CoordinatorActor(Actor):
                 raise InvalidRequest(f"an operation is a tuple like ('increment', 1), got {message.op!r:.60}")
             if not isinstance(message.op_id, str) or not 0 < len(message.op_id) <= 64:
                 raise InvalidRequest("an operation needs an op_id string of 1..64 characters")
+            observed = None if message.context is None else validate_context(message.context)
             w = resolve("w", message.w, props.w, props.n)
             timeout = validate_timeout(message.timeout, self.settings.timeout)
         except InvalidRequest as exc:
             self._reply(message.reply_to, message.req_id, False, exc, "update.invalid")
             return
         self._start_write(message.reply_to, message.req_id, key, props, w, timeout, "update",
-                          kind=f"crdt:{props.type}", crdt_op=message.op, op_id=message.op_id)
+                          kind=f"crdt:{props.type}", crdt_op=message.op, op_id=message.op_id, observed=observed)
 
     def _start_write(self, reply_to: Any, client_req_id: int, key: str, props: BucketProps, w: int, timeout: float,
                      op: str, *, kind: str, value: bytes | None = None, context: tuple = (),
-                     crdt_op: tuple | None = None, op_id: str | None = None, condition: tuple | None = None) -> None:
+                     crdt_op: tuple | None = None, op_id: str | None = None, condition: tuple | None = None,
+                     observed: tuple | None = None) -> None:
         targets = self.membership.preference_list(key, props.n)
         nodes = [node for node, _ in targets]
         tally = WriteTally(needed=w, targets=tuple(nodes))
@@ -326,15 +322,17 @@ class CoordinatorActor(Actor):
             self._reply(reply_to, client_req_id, False, QuorumFailed(needed=w, got=0, replicas=[], op=op, down=down),
                         f"{op}.quorum_failed")
             return
-        # Operations and conditions go to the key's first replica, so a retry (with the same
-        # op id) and a check meet the same state; plain writes take the local fast path.
+        # Operations and conditions go to the key's first reachable primary, so a retry (with the
+        # same op id) and a check meet the same state, and a remove is built where the whole object
+        # is (a fallback, with no copy, builds one only when no primary is reachable); plain
+        # writes take the local fast path.
         local = kind in ("siblings", "lww") and condition is None and self.name in nodes
-        coordinating = self.name if local else nodes[0]
+        coordinating = self.name if local else _build_order(targets)[0]
         req_id = next(self._ids)
         now = self.clock()
         request = PutRequest(client_req_id, reply_to, key, targets, tally, now + timeout, coordinating,
                              now, value, context, op=op, kind=kind, crdt_op=crdt_op, op_id=op_id, condition=condition,
-                             n=props.n)
+                             n=props.n, observed=observed)
         self.requests[req_id] = request
         self._coordinate(req_id, request, coordinating, now)
 
@@ -356,7 +354,7 @@ class CoordinatorActor(Actor):
             try:
                 answer = local.build_here(CoordinatePut(req_id, self.name, request.key, request.value,
                                                         request.context, hint, request.kind, request.crdt_op,
-                                                        request.op_id, request.condition, None))
+                                                        request.op_id, request.condition, None, request.observed))
             except Exception:  # as when the replica fails on a CoordinatePut: silence, then the next replica
                 log.exception("coordinator %s: building %r here failed", self.name, request.key)
                 self._arm(req_id, request)
@@ -371,7 +369,7 @@ class CoordinatorActor(Actor):
         self._arm(req_id, request)
         self.send(node, CoordinatePut(req_id, self.name, request.key, request.value, request.context, hint,
                                       request.kind, request.crdt_op, request.op_id, request.condition,
-                                      self.wall() + window))
+                                      self.wall() + window, request.observed))
 
     def _on_refused(self, req_id: int, request: PutRequest | GetRequest, message: Refused) -> None:
         if not isinstance(request, PutRequest) or message.node != request.coordinating:
@@ -390,7 +388,7 @@ class CoordinatorActor(Actor):
         """The coordinating replica failed or is slow: count it failed and move to the next target."""
         request.tally.add_failure(request.coordinating)
         self.stats.incr("put.rerouted")
-        untried = [node for node, _ in request.targets if node not in request.tried]
+        untried = [node for node in _build_order(request.targets) if node not in request.tried]
         if not untried or request.tally.hopeless:
             self._fail_put(request)
             self._finish_put(req_id, request)
@@ -483,7 +481,8 @@ class CoordinatorActor(Actor):
         tally = request.tally
         full = [e for e in tally.errors if isinstance(e, StorageFull)]
         error: LeaderlessError = full[0] if full else QuorumFailed(
-            needed=tally.needed, got=len(tally.acked), replicas=tally.acked, op=request.op)
+            needed=tally.needed, got=len(tally.acked), replicas=tally.acked, op=request.op,
+            reasons=[str(e) for e in tally.errors])
         self._reply(request.reply_to, request.client_req_id, False, error, f"{request.op}.quorum_failed")
 
     # --- get ---------------------------------------------------------------------------

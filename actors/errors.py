@@ -3,7 +3,8 @@
     LeaderlessError
     ├── InvalidRequest            bad key, value or option (sent back by a node, or caught client-side)
     │   ├── QuorumValueError      an r/w that cannot be met against n (``w > n``, ``r < 1``, unknown name)
-    │   └── UnknownBucket         no bucket of that name was created
+    │   ├── UnknownBucket         no bucket of that name was created
+    │   └── NotPresent            a remove named an element (or map field) that the read it is based on did not hold
     ├── VersionMismatch           a conditional write found the stored object moved on
     ├── SessionViolation          a session read could not see what the session already wrote or read
     ├── QuorumFailed              fewer than the needed replicas answered before the deadline
@@ -37,6 +38,12 @@ class UnknownBucket(InvalidRequest):
     """No bucket of that name exists (create it first)."""
 
 
+class NotPresent(InvalidRequest):
+    """A remove named an element (or a map field) that is not there: not in the read the client
+    made first, or, for a remove sent without a context, not on the replica that built it. Nothing
+    was written; a remove is never acknowledged as a no-op."""
+
+
 class VersionMismatch(LeaderlessError):
     """A conditional write (``if_context``/``if_absent``) found the stored object moved past
     the expected version on the replica that checked it. Not linearizable: see README."""
@@ -55,19 +62,21 @@ class QuorumFailed(LeaderlessError):
     """
 
     def __init__(self, needed: int, got: int, replicas: list[str] | tuple[str, ...] = (), op: str = "",
-                 down: list[str] | tuple[str, ...] = ()) -> None:
+                 down: list[str] | tuple[str, ...] = (), reasons: list[str] | tuple[str, ...] = ()) -> None:
         self.needed = needed
         self.got = got
         self.replicas = list(replicas)
         self.op = op
         self.down = list(down)        # preference-list nodes the coordinator saw down (not even asked)
-        super().__init__(needed, got, self.replicas, op, self.down)
+        self.reasons = list(reasons)  # what the replicas that refused said (a failing disk...)
+        super().__init__(needed, got, self.replicas, op, self.down, self.reasons)
 
     def __str__(self) -> str:
         what = f"{self.op}: " if self.op else ""
         down = f"; down as the coordinator sees it: {', '.join(self.down)}" if self.down else ""
+        refused = f"; refused: {'; '.join(self.reasons)}" if self.reasons else ""
         return (f"{what}quorum failed: needed {self.needed}, got {self.got}"
-                f" (answered: {', '.join(self.replicas) or 'none'}{down})")
+                f" (answered: {', '.join(self.replicas) or 'none'}{down}{refused})")
 
 
 class RequestTimeout(LeaderlessError):
@@ -100,6 +109,7 @@ __all__ = [
     "ConnectionError_",
     "InvalidRequest",
     "LeaderlessError",
+    "NotPresent",
     "ProtocolError",
     "QuorumFailed",
     "QuorumValueError",

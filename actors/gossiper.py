@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
 from storage.hlc import HybridClock, Timestamp
+from storage.store import StoreError, StoreFull
 
-from .errors import InvalidRequest, UnknownBucket
+from .errors import InvalidRequest, LeaderlessError, StorageFull, UnknownBucket
 from .mailbox import Actor
 from .membership import DOWN, LEAVING, LEFT, UP, Membership
 from .messages import (Batch, BucketCreate, BucketInfo, BucketProps, Gossip, HandoffComplete, Reply, RingChange,
@@ -53,7 +54,10 @@ class GossiperActor(Actor):
                  interval: float = 0.5, phi_threshold: float = 8.0, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic, status: str = NORMAL,
                  defaults: tuple[int, int | str, int | str] = (3, 2, 2),
-                 heard_from: Callable[[str], float | None] = lambda node: None) -> None:
+                 heard_from: Callable[[str], float | None] = lambda node: None,
+                 presumed_up: Iterable[str] = (),
+                 persist_states: Callable[[dict[str, str]], None] = lambda states: None,
+                 peer_back: Callable[[str], None] = lambda node: None) -> None:
         super().__init__()
         self.name = name
         self.membership = membership
@@ -77,6 +81,17 @@ class GossiperActor(Actor):
         self._next_round = 0.0
         self._published: dict[str, str] = {}
         self._ring_cache: tuple[Any, dict[str, Any]] = (None, {})
+        self.persist_states = persist_states
+        self.peer_back = peer_back
+        # A restarted node presumes up the members it last saw up, as if each had just sent a
+        # heartbeat, until its detector says otherwise (Cassandra does the same): otherwise it
+        # would refuse every request it coordinates until its first gossip rounds came back.
+        now = self.clock()
+        for node in presumed_up:
+            if node != name and node in self.endpoints:
+                self.detectors[node] = detector = PhiDetector(self.interval)
+                detector.heartbeat(now)
+        self._publish()
 
     # --- messages ------------------------------------------------------------------------
 
@@ -155,6 +170,7 @@ class GossiperActor(Actor):
                     self.add_peer(node, (endpoint[3], endpoint[4]))
                 if mine is None or endpoint[0] != mine[0]:
                     self.detectors[node] = PhiDetector(self.interval)   # new incarnation: forget old gaps
+                    self.peer_back(node)     # restarted: links to it may retry at once, not after a backoff
                 if endpoint[1] > 0:
                     self.detectors.setdefault(node, PhiDetector(self.interval)).heartbeat(now)
                 self.endpoints[node] = endpoint
@@ -180,15 +196,24 @@ class GossiperActor(Actor):
             return
         self._adopt(ring, version)
 
-    def _adopt(self, ring: Ring, version: int) -> None:
+    def _adopt(self, ring: Ring, version: int) -> StoreError | None:
+        """Use ``ring`` from now on; the error if it could not be saved (it is used anyway: gossip
+        brings it back after a restart)."""
         log.info("%s adopts ring version %d: %s", self.name, version, ", ".join(ring.nodes))
         self.membership.set_ring(ring, version)
-        self.persist_ring(ring, version)
+        try:
+            self.persist_ring(ring, version)
+        except StoreError as exc:
+            log.error("%s could not save ring version %d: %s", self.name, version, exc)
+            return exc
+        return None
 
     # --- buckets -------------------------------------------------------------------------
 
-    def _merge_buckets(self, theirs: dict[str, tuple]) -> None:
-        """Buckets are created, never changed: take the union (same name twice: the smaller props win)."""
+    def _merge_buckets(self, theirs: dict[str, tuple]) -> StoreError | None:
+        """Buckets are created, never changed: take the union (same name twice: the smaller props win).
+        The error if they could not be saved (a full disk): they are used anyway, and gossip brings
+        them back after a restart."""
         changed = False
         for name, props in theirs.items():
             props = tuple(props)
@@ -196,9 +221,15 @@ class GossiperActor(Actor):
             if mine is None or (props != mine and repr(props) < repr(mine)):
                 self.buckets[name] = props
                 changed = True
-        if changed:
+        if not changed:
+            return None
+        self._publish_buckets()
+        try:
             self.persist_buckets(dict(self.buckets))
-            self._publish_buckets()
+        except StoreError as exc:
+            log.error("%s could not save its buckets: %s", self.name, exc)
+            return exc
+        return None
 
     def _create_bucket(self, request: BucketCreate) -> None:
         try:
@@ -211,7 +242,10 @@ class GossiperActor(Actor):
             error = InvalidRequest(f"bucket {request.name!r} exists already as {BucketProps(request.name, *existing)}")
             request.reply_to.send(Reply(request.req_id, False, error))
             return
-        self._merge_buckets({request.name: props})
+        failed = self._merge_buckets({request.name: props})
+        if failed is not None:
+            request.reply_to.send(Reply(request.req_id, False, _storage_error(self.name, failed)))
+            return
         request.reply_to.send(Reply(request.req_id, True, BucketProps(request.name, *props)))
 
     def _validate_bucket(self, request: BucketCreate) -> tuple:
@@ -252,6 +286,12 @@ class GossiperActor(Actor):
                     raise InvalidRequest(f"a leave must be sent to the leaving node itself, not to {self.name}")
                 if len(ring.nodes) <= 1:
                     raise InvalidRequest("the last member cannot leave")
+                largest = self.membership.largest_n()
+                if len(ring.nodes) - 1 < largest and not change.force:
+                    raise InvalidRequest(
+                        f"{change.node} cannot leave: {len(ring.nodes) - 1} members would be left for a bucket "
+                        f"(or the cluster) with n={largest}; keys would have fewer copies than their n "
+                        "(force it to accept that)")
                 new = ring.without_node(change.node)
                 self._set_own_status(LEAVING)
             else:
@@ -260,9 +300,12 @@ class GossiperActor(Actor):
             if change.reply_to is not None:
                 change.reply_to.send(Reply(change.req_id, False, InvalidRequest(str(exc))))
             return
-        self._adopt(new, self.membership.ring_version + 1)
+        failed = self._adopt(new, self.membership.ring_version + 1)
         if change.reply_to is not None:
-            change.reply_to.send(Reply(change.req_id, True, self.membership.ring_version))
+            if failed is not None:
+                change.reply_to.send(Reply(change.req_id, False, _storage_error(self.name, failed)))
+            else:
+                change.reply_to.send(Reply(change.req_id, True, self.membership.ring_version))
 
     def _set_own_status(self, status: str) -> None:
         inc, beat, _, host, port = self.endpoints[self.name]
@@ -284,6 +327,9 @@ class GossiperActor(Actor):
         return heard is not None and now - heard < detector.mean() * self.phi_threshold / LOG10_E
 
     def _publish(self) -> None:
+        incarnations = {node: endpoint[0] for node, endpoint in self.endpoints.items()}
+        if incarnations != self.membership.incarnations:
+            self.membership.incarnations = incarnations
         now = self.clock()
         states: dict[str, str] = {}
         for node, (_, _, status, _, _) in self.endpoints.items():
@@ -303,3 +349,14 @@ class GossiperActor(Actor):
                     log.info("%s sees %s %s", self.name, node, state)
             self._published = states
             self.membership.publish(states)
+            try:
+                self.persist_states(states)
+            except Exception:  # a full disk: the next change tries again; only a restart's guess is at stake
+                log.warning("%s: could not save the member states", self.name, exc_info=True)
+
+
+def _storage_error(node: str, exc: StoreError) -> LeaderlessError:
+    """What a client hears when this node could not save a change: it holds it in memory and gossips it,
+    but a restart before its disk has room would forget it here (its peers would tell it again)."""
+    kind = StorageFull if isinstance(exc, StoreFull) else LeaderlessError
+    return kind(f"{node} could not save the change (its peers have it by gossip): {exc}")

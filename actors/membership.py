@@ -10,20 +10,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import options
+from .messages import BucketProps
 from .ring import Ring
 
 UP, DOWN, LEAVING, LEFT = "up", "down", "leaving", "left"
 
 
 class Membership:
-    """Ring (with its version) + member states, as one node sees them."""
+    """Ring (with its version) + member states + buckets, as one node sees them.
 
-    def __init__(self, name: str, ring: Ring, ring_version: int = 1) -> None:
+    ``defaults``: the default bucket's properties (the cluster's n, r, w)."""
+
+    def __init__(self, name: str, ring: Ring, ring_version: int = 1, defaults: BucketProps | None = None) -> None:
         self.name = name
         self.ring = ring
         self.ring_version = ring_version
-        self.buckets: Mapping[str, Any] = {}       # name -> messages.BucketProps, replaced whole on change
+        self.defaults = defaults or BucketProps("", "siblings", 3, 2, 2)
+        self.buckets: Mapping[str, BucketProps] = {}   # name -> BucketProps, replaced whole on change
         self._states: Mapping[str, str] = {node: (UP if node == name else DOWN) for node in ring.nodes}
+        self.incarnations: Mapping[str, int] = {}      # node -> the incarnation gossip last told of it
         self._down: frozenset[str] = frozenset(n for n, s in self._states.items() if s != UP)
 
     @property
@@ -56,3 +62,14 @@ class Membership:
 
     def all_up(self) -> bool:
         return not self._down
+
+    def bucket(self, name: Any) -> BucketProps | None:
+        """A bucket's properties (see ``options.bucket_props``)."""
+        return options.bucket_props(self.buckets, self.defaults, name)
+
+    def n_for(self, stored_key: str) -> int | None:
+        """How many replicas hold ``stored_key`` (its bucket's n); None while the bucket is unknown here."""
+        return options.n_for_key(self.buckets, self.defaults, stored_key)
+
+    def largest_n(self) -> int:
+        return options.largest_n(self.buckets, self.defaults)

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -20,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pykka
 
 from storage.hlc import HybridClock
-from storage.store import LmdbStore
+from storage.store import LmdbStore, StoreError
 
 from .config import ClusterConfig, load_secret
 from .errors import LeaderlessError
@@ -31,7 +33,7 @@ from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
 from .mailbox import hosted_actor, hosted_by
 from .membership import Membership
-from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
+from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketProps, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
                        ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip, InspectRequest,
                        PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
                        ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, StoreHint, Tick, TreeReply,
@@ -77,7 +79,7 @@ class Node:
 
         self.transport = Transport(self.name, self.secret, dict(config.nodes), self.deliver, self._undeliverable)
         ring, version = self._load_ring()
-        self.membership = Membership(self.name, ring, version)
+        self.membership = Membership(self.name, ring, version, BucketProps("", "siblings", config.n, config.r, config.w))
         send = self.transport.send
         host, port = config.nodes[self.name]
         self.hlc = HybridClock(self.name, wall=self.wall.now)
@@ -87,9 +89,10 @@ class Node:
             add_peer=self.transport.add_peer, persist_ring=self._persist_ring, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, persist_buckets=self._persist_buckets,
             buckets=json.loads(saved_buckets) if saved_buckets else None, hlc=self.hlc,
-            defaults=(config.n, config.r, config.w), heard_from=self.transport.heard_from)
-        settings = Settings(n=config.n, r=config.r, w=config.w, timeout=config.timeout,
-                            read_repair_chance=config.read_repair_chance)
+            defaults=(config.n, config.r, config.w), heard_from=self.transport.heard_from,
+            presumed_up=self._last_seen_up(), persist_states=self._persist_states,
+            peer_back=self.transport.peer_back)
+        settings = Settings(timeout=config.timeout, read_repair_chance=config.read_repair_chance)
         with hosted_by(self.transport.loop):    # the hot path: no thread hand-over between socket and actor
             self.replica = ReplicaActor.start(self.name, self.store, send, self.stats, self.membership,
                                               hlc=self.hlc, send_batch=self.transport.send_batch)
@@ -98,7 +101,7 @@ class Node:
                                                       local_replica=hosted_actor(self.replica))
         self.repairer = RepairerActor.start(
             self.name, self.store, self.membership, send, self.gossiper, self.stats,
-            RepairSettings(n=config.n, hint_interval=config.hint_interval, hint_window=config.hint_window,
+            RepairSettings(hint_interval=config.hint_interval, hint_window=config.hint_window,
                            handoff_interval=config.handoff_interval, aae_interval=config.aae_interval,
                            tombstone_grace=config.tombstone_grace, reap_interval=config.reap_interval))
         self.apply_faults(faults or SetFaults(0))
@@ -118,6 +121,17 @@ class Node:
             return Ring.from_data(body["ring"]), int(body["version"])
         nodes = self.config.initial_ring_nodes()
         return Ring(nodes, partitions=self.config.partitions, target_n=min(self.config.n, len(nodes))), 0
+
+    def _last_seen_up(self) -> list[str]:
+        """The members this node saw up (or leaving) when it last stopped or crashed."""
+        try:
+            states = json.loads(self.store.meta_get("members") or b"{}")
+        except ValueError:
+            return []
+        return sorted(node for node, state in states.items() if state in ("up", "leaving"))
+
+    def _persist_states(self, states: dict[str, str]) -> None:
+        self.store.meta_put("members", json.dumps(states, sort_keys=True).encode())
 
     def _persist_buckets(self, buckets: dict[str, tuple]) -> None:
         self.store.meta_put("buckets", json.dumps(buckets).encode())
@@ -161,15 +175,15 @@ class Node:
         to_gossiper: list[Any] = []
         for message in messages:
             if type(message) in _CLIENT_REQUESTS:          # reply_to is their last field
-                to_coordinator.append(tuple.__new__(type(message), (*message[:-1], self._reply_channel(conn))))
+                to_coordinator.append(_with_reply_to(message, self._reply_channel(conn)))
             elif isinstance(message, InspectRequest):
-                to_replica.append(message._replace(reply_to=conn))
+                to_replica.append(_with_reply_to(message, conn))
             elif isinstance(message, StatusRequest):
                 conn.send(Reply(message.req_id, True, self.status()))
             elif isinstance(message, ConfigRequest):
                 conn.send(Reply(message.req_id, True, self.config_for_joiners()))
             elif isinstance(message, (RingChange, BucketCreate, BucketInfo)):
-                to_gossiper.append(message._replace(reply_to=conn))
+                to_gossiper.append(_with_reply_to(message, conn))
             elif isinstance(message, SetFaults):
                 self.apply_faults(message)
                 conn.send(Reply(message.req_id, True, None))
@@ -253,7 +267,7 @@ class Node:
         self.transport.degrade(faults.loss, faults.duplicate, faults.reorder_ms / 1000.0)
         self.wall.skew = faults.clock_skew
         self._drop_replies = faults.drop_replies
-        self.faults = faults._replace(reply_to=None)
+        self.faults = _with_reply_to(faults, None)
 
     def _undeliverable(self, dest: str, messages: list[Any]) -> None:
         """Requests this node coordinates that could not reach ``dest``: fail them for that replica now."""
@@ -276,10 +290,12 @@ class Node:
             "address": [host, port],
             "incarnation": self.incarnation,
             "members": self.membership.states,
+            "incarnations": dict(self.membership.incarnations),
             "ring_version": self.membership.ring_version,
             "ring_nodes": list(self.membership.ring.nodes),
             "blocked": sorted(self.transport.blocked),
-            "faults": {k: v for k, v in self.faults._asdict().items() if k not in ("req_id", "reply_to") and v},
+            "faults": {k: v for k, v in msgspec.structs.asdict(self.faults).items()
+                       if k not in ("req_id", "reply_to") and v},
             "wall_clock": self.wall.now(),
             "keys": self.store.count(),
             "hints_pending": self.store.hint_count(),
@@ -306,6 +322,11 @@ class Node:
                 self.repairer.tell(tick)
             except pykka.ActorDeadError:
                 return
+
+
+def _with_reply_to(message: Any, reply_to: Any) -> Any:
+    """``message`` answered through ``reply_to`` (a request's ``reply_to`` is never taken from the wire)."""
+    return msgspec.structs.replace(message, reply_to=reply_to)
 
 
 class _LosingChannel:
@@ -343,10 +364,28 @@ def _stop_when_owner_gone(node: Node) -> None:
     node.request_stop()
 
 
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft descriptor limit (RLIMIT_NOFILE) to its hard limit and return the soft
+    limit in force: every connection is a descriptor, and a node out of them can neither accept nor
+    open its store (the transport caps connections below this limit, less a reserve)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        log.info("descriptor limit %s (the hard limit already)", soft)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    log.info("descriptor limit raised from %d to %d", soft, hard)
+    return hard
+
+
 def run(name: str, data_dir: str, faults: dict[str, Any] | None = None, join: bool = False,
         owner_pipe: bool = False) -> int:
     """Run one node in this process until SIGTERM/SIGINT, until it has left the cluster, or (``owner_pipe``)
     until stdin reaches EOF."""
+    raise_descriptor_limit()
     config = ClusterConfig.load(data_dir)
     node = Node(name, data_dir, config, load_secret(data_dir))
     signal.signal(signal.SIGTERM, node.request_stop)
@@ -376,8 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
-    return run(args.name, args.data_dir, json.loads(args.faults) if args.faults else None, args.join,
-               args.owner_pipe)
+    try:
+        return run(args.name, args.data_dir, json.loads(args.faults) if args.faults else None, args.join,
+                   args.owner_pipe)
+    except (LeaderlessError, StoreError) as exc:   # no cluster, a bad secret, a full disk: one line, no traceback
+        log.error("node %s: %s", args.name, exc)
+        return 1
 
 
 if __name__ == "__main__":

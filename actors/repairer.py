@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,13 +39,14 @@ from .membership import LEAVING, Membership
 from .messages import (Batch, BatchAck, DeleteHints, Drop, GetMany, GetManyReply, HandoffComplete, PutMany,
                        ReapCandidates, ReapCandidatesReply, Tick, TreeReply, TreeRequest)
 from .stats import Stats
+from .wire import encode
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RepairSettings:
-    n: int = 3
+    """Timers and batch sizes. (Who holds a key comes from its bucket's n: ``Membership.n_for``.)"""
     hint_interval: float = 0.2
     hint_batch: int = 200
     hint_window: float = 3 * 3600.0
@@ -89,6 +89,7 @@ class RepairerActor(Actor):
         self._ids = itertools.count(1)
         self._next: dict[str, float] = {}
         self._aae_cursor = 0
+        self._held: dict[tuple[int, int], int] = {}     # (partition, n) -> keys, as the last handoff round saw
         self._left = False
 
     # --- dispatch ------------------------------------------------------------------------
@@ -137,10 +138,9 @@ class RepairerActor(Actor):
         job.waiting.discard(node)
         job.replies[node] = message
         if isinstance(message, TreeReply) and node != self.name:
-            self.stats.incr("aae.bytes", len(pickle.dumps(message.data, protocol=5)))
+            self.stats.incr("aae.bytes", len(encode(message)))      # what the frame held
         if isinstance(message, GetManyReply) and node != self.name:
-            self.stats.incr("aae.bytes" if job.kind == "aae" else f"{job.kind}.bytes",
-                            len(pickle.dumps(message.objects, protocol=5)))
+            self.stats.incr("aae.bytes" if job.kind == "aae" else f"{job.kind}.bytes", len(encode(message)))
         if not job.waiting:
             del self.jobs[req_id]
             getattr(self, f"_{job.kind}_{job.data['step']}")(job)
@@ -178,10 +178,12 @@ class RepairerActor(Actor):
         self.send(self.name, TreeRequest(req_id, self.name, 0, "partitions"))
 
     def _handoff_partitions(self, job: Job) -> None:
-        held: dict[int, int] = job.replies[self.name].data
+        """The trees this node holds keys of, by (partition, n): those it is not a primary of go to
+        their primaries (n 0: the keys' bucket is not known here yet; they stay until it is)."""
+        held: dict[tuple[int, int], int] = job.replies[self.name].data
+        self._held = held
         ring = self.membership.ring
-        n = self.settings.n
-        foreign = [p for p in sorted(held) if self.name not in ring.walk(p)[:n]]
+        foreign = [(p, n) for p, n in sorted(held) if n and self.name not in ring.walk(p)[:n]]
         self.stats.set("handoff.pending", len(foreign))
         if not foreign:
             if self.membership.states.get(self.name) == LEAVING and not self._left and self.gossiper is not None:
@@ -189,12 +191,12 @@ class RepairerActor(Actor):
                 log.info("%s handed off everything; leaving", self.name)
                 self.gossiper.tell(HandoffComplete())
             return
-        for partition in foreign:
+        for partition, n in foreign:
             owners = list(ring.walk(partition)[:n])
             if all(self.membership.is_up(o) for o in owners):
                 req_id = self._job("handoff", self.clock(), {self.name}, step="objects", owners=owners)
                 self.send(self.name, TreeRequest(req_id, self.name, partition, "objects",
-                                                 (self.settings.handoff_batch,)))
+                                                 (self.settings.handoff_batch,), n))
                 return
 
     def _handoff_objects(self, job: Job) -> None:
@@ -213,24 +215,33 @@ class RepairerActor(Actor):
 
     # --- anti-entropy ---------------------------------------------------------------------------
 
+    def _aae_trees(self) -> list[tuple[int, int]]:
+        """The trees this node exchanges, by (partition, n): every partition it is a primary of at the
+        cluster's n, and those of other n it holds keys of (a peer that holds keys this node lacks
+        starts the exchange from its side). A bucket of n 1 has no peer to compare with."""
+        ring = self.membership.ring
+        default_n = self.membership.defaults.n
+        trees = {(p, default_n) for p in range(ring.partitions) if self.name in ring.walk(p)[:default_n]}
+        trees.update((p, n) for p, n in self._held if n and self.name in ring.walk(p)[:n])
+        return sorted(tree for tree in trees if tree[1] > 1)
+
     def _start_aae(self, now: float) -> None:
         ring = self.membership.ring
-        n = self.settings.n
-        mine = [p for p in range(ring.partitions) if self.name in ring.walk(p)[:n]]
+        mine = self._aae_trees()
         if not mine:
             return
         for _ in range(len(mine)):
             self._aae_cursor += 1
-            partition = mine[self._aae_cursor % len(mine)]
+            partition, n = mine[self._aae_cursor % len(mine)]
             peers = [p for p in ring.walk(partition)[:n] if p != self.name and self.membership.is_up(p)]
             if peers:
                 peer = peers[(self._aae_cursor // len(mine)) % len(peers)]
-                self._aae_ask(now, partition, peer, "buckets", ())
+                self._aae_ask(now, partition, n, peer, "buckets", ())
                 return
 
-    def _aae_ask(self, now: float, partition: int, peer: str, level: str, which: tuple[int, ...]) -> None:
-        req_id = self._job("aae", now, {self.name, peer}, step=level, partition=partition, peer=peer)
-        request = TreeRequest(req_id, self.name, partition, level, which)
+    def _aae_ask(self, now: float, partition: int, n: int, peer: str, level: str, which: tuple[int, ...]) -> None:
+        req_id = self._job("aae", now, {self.name, peer}, step=level, partition=partition, n=n, peer=peer)
+        request = TreeRequest(req_id, self.name, partition, level, which, n)
         self.send(self.name, request)
         self.send(peer, request)
 
@@ -243,7 +254,7 @@ class RepairerActor(Actor):
         if not differ:
             self._aae_done(0)
             return
-        self._aae_ask(self.clock(), job.data["partition"], job.data["peer"], "segments", tuple(differ))
+        self._aae_ask(self.clock(), job.data["partition"], job.data["n"], job.data["peer"], "segments", tuple(differ))
 
     def _aae_segments(self, job: Job) -> None:
         mine, theirs = self._tree(job)
@@ -251,7 +262,7 @@ class RepairerActor(Actor):
         if not differ:
             self._aae_done(0)
             return
-        self._aae_ask(self.clock(), job.data["partition"], job.data["peer"], "keys", tuple(differ))
+        self._aae_ask(self.clock(), job.data["partition"], job.data["n"], job.data["peer"], "keys", tuple(differ))
 
     def _aae_keys(self, job: Job) -> None:
         mine, theirs = self._tree(job)
@@ -297,12 +308,12 @@ class RepairerActor(Actor):
         self.send(self.name, ReapCandidates(req_id, self.settings.tombstone_grace))
 
     def _reap_candidates(self, job: Job) -> None:
-        candidates = job.replies[self.name].items
+        membership = self.membership
+        candidates = [(k, o) for k, o in job.replies[self.name].items if membership.n_for(k)]
         if not candidates:
             return
-        ring = self.membership.ring
-        owners = ring.primaries(candidates[0][0], self.settings.n)
-        batch = [(k, o) for k, o in candidates if ring.primaries(k, self.settings.n) == owners]
+        owners = membership.primaries(candidates[0][0], membership.n_for(candidates[0][0]) or 1)
+        batch = [(k, o) for k, o in candidates if membership.primaries(k, membership.n_for(k) or 1) == owners]
         if not all(self.membership.is_up(o) for o in owners):
             return
         req_id = self._job("reap", self.clock(), set(owners), step="confirmed", items=batch, owners=owners)

@@ -23,12 +23,14 @@ answers the repairer's tree, batch-read and batch-write requests.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pykka
 
 from storage import crdts, merkle, objects, versions
@@ -41,7 +43,7 @@ from storage.store import Store, StoreFull
 from storage.versions import DVVSet
 
 from .committer import Commit, Committed, CommitterActor, DeleteHintsJob, DropKeys, Dropped, commit, drop
-from .errors import InvalidRequest, LeaderlessError, RequestTimeout, StorageFull, VersionMismatch
+from .errors import InvalidRequest, LeaderlessError, NotPresent, RequestTimeout, StorageFull, VersionMismatch
 from .mailbox import Actor
 from .membership import Membership
 from .messages import (
@@ -81,21 +83,24 @@ _REPORTS = frozenset({Committed, Dropped, Flush})     # handled even while a dro
 DIRTY_LIMIT = 4096      # committed keys of one partition waiting to enter the hash tree before it catches up
 UNSORTED_LIMIT = 1 << 16  # committed keys waiting to be hashed into their partitions, at most
 EPOCH_LIMIT = 1 << 16     # keys with an actor id of their own (rebuilt after a drop) before all are renewed
+TreeId = tuple[int, int]  # a hash tree's name: (ring partition, the n of its keys' buckets)
+ACTOR_META = "actor_id"   # store metadata: {"id": the replica's actor id, "clean": whether it stopped cleanly}
 
 
 def new_actor_id(name: str) -> str:
-    """The id in the dots this replica issues: new at every start and after every failed commit
-    (a key this replica dropped gets an id of its own: ``ReplicaActor.actor_for``).
+    """A new id for the dots this replica issues: taken when the replica may have lost dots it
+    issued under the old one (a crash, a failed commit); kept across a clean restart
+    (``ReplicaActor.on_start``); a key this replica dropped gets an id of its own
+    (``ReplicaActor.actor_for``).
 
     A coordinating replica sends a new object out before its own commit, so a dot can
     reach other replicas without being durable here. Were the id reused after a crash or
     a failed commit, the next write could get the same dot for another value, and sync
-    would silently drop one of them (Riak's kv679). A fresh id per incarnation rules that
-    out, at the price of one more version-vector entry per restart for keys written after it.
-    The same holds for a key whose copy this replica dropped (handed off, reaped): its next
-    dot would be counted from nothing and could equal one the primaries already hold, so they
-    would acknowledge the write and keep the old value. Such a key is built again under an
-    id of its own (``ReplicaActor.actor_for``), so other keys' version vectors do not grow.
+    would silently drop one of them (Riak's kv679). The same holds for a key whose copy this
+    replica dropped (handed off, reaped): its next dot would be counted from nothing and could
+    equal one the primaries already hold, so they would acknowledge the write and keep the old
+    value. After a clean stop nothing was sent that is not stored and nothing dropped waits to
+    be built again, so the id stays, and version vectors do not grow by an entry per restart.
     """
     return f"{name}.{secrets.token_hex(4)}"
 
@@ -116,6 +121,7 @@ def build(current: Obj | None, message: CoordinatePut, actor_id: str, hlc: Hybri
     InvalidRequest for an operation the bucket's type does not have.
     """
     condition = message.condition
+    context = message.context
     if condition is not None:
         if condition[0] == "if_absent":
             if current is not None and not objects.is_tombstone(current):
@@ -123,25 +129,30 @@ def build(current: Obj | None, message: CoordinatePut, actor_id: str, hlc: Hybri
         elif condition[0] == "if_context":
             if objects.context(current) != tuple(condition[1]):
                 raise VersionMismatch(f"{message.key!r} moved past the expected version")
+            context = context or tuple(condition[1])    # the write replaces the version it was checked against
     kind = message.kind
     if kind == "siblings":
         if current is not None and not isinstance(current, DVVSet):
             raise InvalidRequest(f"{message.key!r} holds a {current.type}, not a siblings value")
-        return versions.update(current, message.context, message.value, actor_id)
+        return versions.update(current, context, message.value, actor_id)
     if kind == "lww":
         last = current.state[0] if isinstance(current, Crdt) and current.state else None
         ts = hlc.after(Timestamp(*last) if last is not None else None)
         return _apply(current, "register", ("assign", message.value), actor_id, None, ts)
     if kind.startswith("crdt:"):
-        return _apply(current, kind[5:], tuple(message.op or ()), actor_id, message.op_id, hlc.now())
+        return _apply(current, kind[5:], tuple(message.op or ()), actor_id, message.op_id, hlc.now(),
+                      message.observed)
     raise InvalidRequest(f"unknown write kind {kind!r}")
 
 
-def _apply(current: Obj | None, type_: str, op: tuple, actor_id: str, op_id: str | None, ts: Timestamp) -> Crdt:
+def _apply(current: Obj | None, type_: str, op: tuple, actor_id: str, op_id: str | None, ts: Timestamp,
+           observed: tuple | None = None) -> Crdt:
     if current is not None and not isinstance(current, Crdt):
         raise InvalidRequest(f"the key holds siblings, not a {type_}")
     try:
-        return crdts.apply(current, type_, op, actor_id, op_id, ts)
+        return crdts.apply(current, type_, op, actor_id, op_id, ts, observed)
+    except crdts.NotPresent as exc:
+        raise NotPresent(str(exc)) from exc
     except crdts.CrdtError as exc:
         raise InvalidRequest(str(exc)) from exc
 
@@ -174,19 +185,22 @@ class ReplicaActor(Actor):
         self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
         self._records: dict[str, bytes | None] = {}  # stored records prefetched for the batch at hand
-        self._dirty: dict[int, dict[str, int]] = {}  # partition -> committed keys not yet in the tree (key hash)
+        self._dirty: dict[TreeId, dict[str, int]] = {}  # tree -> committed keys not yet in it (key hash)
+        self._buckets_seen: Any = None               # membership.buckets when keys of unknown buckets were last sorted
         self._unsorted: dict[str, None] = {}         # committed keys not yet hashed into ``_dirty``
         self._dropped_keys: set[str] = set()         # dropped since ``actor_id`` was taken, not built since
         self._key_actors: dict[str, str] = {}        # key -> its own actor id (built again after a drop)
         self._epochs = itertools.count(1)
 
     def on_start(self) -> None:
-        """Rebuild the hash tree (and the tombstone list) from the store."""
+        """Take back the actor id of a clean stop (else keep the new one); rebuild the hash tree (and the
+        tombstone list) from the store."""
+        self._resume_actor_id()
         now = self.clock()
-        partition_of = self.membership.ring.partition_of
+        tree_id = self._tree_id
         count = 0
         for key, obj in self.store.items():
-            self.tree.update(partition_of(key), key, obj)
+            self.tree.update(tree_id(key), key, obj)
             if objects.is_tombstone(obj):
                 self.tombstones[key] = now
             count += 1
@@ -232,6 +246,27 @@ class ReplicaActor(Actor):
                 self._committer.stop(timeout=10)     # its job at hand finishes first
             except pykka.ActorDeadError:
                 pass
+        clean = not (self._busy or self._pending or self._acks or self._stash or self._dropped_keys
+                     or self._key_actors)
+        if clean:
+            self._save_actor_id(clean=True)
+
+    def _resume_actor_id(self) -> None:
+        """Reuse the id saved by a clean stop; mark it in use, so a crash from now on renews it."""
+        try:
+            saved = json.loads(self.store.meta_get(ACTOR_META) or b"{}")
+        except ValueError:
+            saved = {}
+        if saved.get("clean") and isinstance(saved.get("id"), str) and saved["id"].startswith(f"{self.name}."):
+            self.actor_id = saved["id"]
+            log.info("replica %s: actor id %s kept from a clean stop", self.name, self.actor_id)
+        self._save_actor_id(clean=False)
+
+    def _save_actor_id(self, clean: bool) -> None:
+        try:
+            self.store.meta_put(ACTOR_META, json.dumps({"id": self.actor_id, "clean": clean}).encode())
+        except Exception:  # not saved: the next start takes a new id, which is always safe
+            log.warning("replica %s: could not save its actor id", self.name, exc_info=True)
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, ReplicaPut):
@@ -410,7 +445,7 @@ class ReplicaActor(Actor):
             error = (StorageFull if full else LeaderlessError)(f"{self.name}: {exc}")
             self._renew_actor_id()                      # dots sent out in Built were not stored here
             for dest, ack in acks:
-                self.send(dest, ack._replace(ok=False, error=error))
+                self.send(dest, msgspec.structs.replace(ack, ok=False, error=error))
         else:
             self.stats.incr("replica.commits")
             self.stats.incr("replica.writes", len(objects))
@@ -464,26 +499,49 @@ class ReplicaActor(Actor):
         if len(unsorted) >= UNSORTED_LIMIT:
             self._sort_dirty()
 
+    def _tree_id(self, key: str, khash: int | None = None) -> TreeId:
+        """The tree a key is in: ``(its partition, its bucket's n)``; n 0 while the bucket is unknown here
+        (such a tree is neither handed off nor compared until ``_sort_unknown`` moves its keys)."""
+        ring = self.membership.ring
+        partition = ring.partition_of(key) if khash is None else ring.partition_of_hash(khash)
+        return (partition, self.membership.n_for(key) or 0)
+
     def _sort_dirty(self) -> None:
-        """Hash the keys committed since the last sort into their partitions' waiting lists."""
+        """Hash the keys committed since the last sort into their trees' waiting lists."""
         unsorted, self._unsorted = self._unsorted, {}
-        partition_of_hash = self.membership.ring.partition_of_hash
+        tree_id = self._tree_id
         dirty = self._dirty
         full = set()
         for key in unsorted:
             khash = merkle.key_hash(key)
-            partition = partition_of_hash(khash)
-            keys = dirty.get(partition)
+            tree = tree_id(key, khash)
+            keys = dirty.get(tree)
             if keys is None:
-                dirty[partition] = {key: khash}
+                dirty[tree] = {key: khash}
             else:
                 keys[key] = khash
                 if len(keys) >= DIRTY_LIMIT:
-                    full.add(partition)
-        for partition in full:
-            self._catch_up(partition)
+                    full.add(tree)
+        for tree in full:
+            self._catch_up(tree)
 
-    def _catch_up(self, partition: int) -> None:
+    def _sort_unknown(self) -> None:
+        """Move keys indexed while their bucket was unknown here into their bucket's trees, once known."""
+        buckets = self.membership.buckets
+        if buckets is self._buckets_seen:
+            return
+        self._buckets_seen = buckets
+        for tree in [t for t in self.tree.partitions() if t[1] == 0]:
+            keys = list(self.tree.keys(tree, range(SEGMENTS)))
+            known = [key for key in keys if self.membership.n_for(key)]
+            if not known:
+                continue
+            stored = self.store.get_many(known)
+            for key in known:
+                self.tree.update(tree, key, None)
+                self.tree.update(self._tree_id(key), key, stored[key])
+
+    def _catch_up(self, partition: TreeId) -> None:
         """Bring one partition's hash tree up to date with what is committed.
 
         Commits only note their keys; the tree is brought up to date per partition when
@@ -509,27 +567,29 @@ class ReplicaActor(Actor):
     # --- repair support --------------------------------------------------------------------
 
     def _tree_level(self, request: TreeRequest) -> Any:
-        """One level of the tree; "partitions" and "objects" serve the local repairer's handoff."""
-        level, partition = request.level, request.partition
+        """One level of a tree; "partitions" and "objects" serve the local repairer's handoff."""
+        level = request.level
         if level == "partitions":
-            # Which partitions this node holds keys of (handoff asks often): no catching up needed,
-            # the counts of partitions with keys still to enter the tree are upper bounds.
+            # Which trees this node holds keys of, by (partition, n) (handoff asks often): no catching
+            # up needed, the counts of trees with keys still to enter them are upper bounds.
             if self._unsorted:
                 self._sort_dirty()
+            self._sort_unknown()
             counts = {p: self.tree.key_count(p) for p in self.tree.partitions()}
             for p, keys in self._dirty.items():
                 counts[p] = counts.get(p, 0) + len(keys)
             return counts
-        self._catch_up(partition)
+        tree = (request.partition, request.n)
+        self._catch_up(tree)
         if level == "buckets":
-            return self.tree.buckets(partition)
+            return self.tree.buckets(tree)
         if level == "segments":
-            return self.tree.segments(partition, request.which)
+            return self.tree.segments(tree, request.which)
         if level == "keys":
-            return self.tree.keys(partition, request.which)
+            return self.tree.keys(tree, request.which)
         if level == "objects":
             limit = request.which[0] if request.which else 500
-            chosen = sorted(self.tree.keys(partition, range(SEGMENTS)))[:limit]
+            chosen = sorted(self.tree.keys(tree, range(SEGMENTS)))[:limit]
             return [(key, obj) for key in chosen if (obj := self._current(key)) is not None]
         raise ValueError(f"unknown tree level {level!r}")
 
@@ -557,9 +617,11 @@ class ReplicaActor(Actor):
         self._busy = False
         if message.error is not None:
             log.error("replica %s: dropping %s keys failed: %r", self.name, message.reason, message.error)
-        partition_of = self.membership.ring.partition_of
         for key in message.keys:
-            self.tree.update(partition_of(key), key, None)
+            tree = self._tree_id(key)
+            self.tree.update(tree, key, None)
+            if tree[1]:
+                self.tree.update((tree[0], 0), key, None)    # indexed before its bucket was known here
             self.tombstones.pop(key, None)
         if message.keys:
             self.stats.incr(f"dropped.{message.reason}", len(message.keys))

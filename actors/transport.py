@@ -8,6 +8,12 @@ and queued, and the loop writes everything queued for a socket in one ``send`` (
 on the wire). The loop decodes everything one ``recv`` brought and delivers it as one
 batch. Accepting and the authentication handshake run on short-lived threads of their own.
 
+Hostile input (the constants under "limits" below): the whole handshake, the peer's or client's ``Hello``
+included, is done within ``HANDSHAKE_TIMEOUT`` or the connection is closed; at most
+``MAX_HANDSHAKING`` connections handshake at once and at most ``max_connections`` are open,
+new ones over a cap are closed at once; the listener never stops on an accept error (it
+logs, backs off and, out of descriptors, sheds pending connections with a reserve one).
+
 Fault hooks (used by ``LocalCluster`` and the chaos tools): ``block`` drops every message
 to and from some peers (a partition), ``delay`` holds every peer message to or from this
 node for a while (a slow node). Faults never touch client connections.
@@ -15,11 +21,15 @@ node for a while (a slow node). Faults never touch client connections.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
+import os
 import queue
 import random
+import resource
+import select
 import socket
 import threading
 import time
@@ -29,7 +39,16 @@ from typing import Any
 from .errors import AuthenticationFailed, ProtocolError
 from .ioloop import Channel, IOLoop, shared_loop
 from .messages import Hello
-from .wire import FrameReader, client_handshake, encode, encode_many, server_handshake
+from .wire import (
+    HANDSHAKE_TIMEOUT,
+    HEADER,
+    MAX_REQUEST_FRAME,
+    FrameReader,
+    client_handshake,
+    encode,
+    encode_many,
+    server_handshake,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,90 @@ RECONNECT_BACKOFF = 0.2
 CONNECT_ATTEMPTS = 3
 CONNECT_RETRY_PAUSE = 0.05
 _STOP = object()
+
+# --- limits: what one node gives connections it has not authenticated yet, and all of them -----
+MAX_HANDSHAKING = 64
+"""Connections handshaking at once. Each holds a thread for up to HANDSHAKE_TIMEOUT; honest ones
+finish in a millisecond or two (a client opens one connection per node, a node one link per
+peer), so 64 is room for a whole cluster restarting at once, and a slow-handshake flood holds at
+most 64 threads and descriptors."""
+MAX_CONNECTIONS = 4096
+"""Open connections (handshaking or not) at most, and never more than the descriptor limit less
+FD_RESERVE: each connection is a descriptor, and past the limit every accept, connect and LMDB
+open of the node fails (EMFILE). 4096 is far above what the clients and peers of a node need."""
+FD_RESERVE = 256
+"""Descriptors kept back from connections: peer links (one per peer), LMDB's files, the
+write-ahead log, the log file, the I/O loop's epoll and eventfd, the listener's reserve one."""
+MIN_CONNECTIONS = 16
+"""The connection cap under even a tiny descriptor limit, so the node stays usable."""
+MAX_HELLO = 4096
+"""The largest first frame (the ``Hello``) read during the handshake: a ``Hello`` is a few dozen
+bytes, so a handshaking connection never buffers more than this."""
+ACCEPT_BACKOFF = 0.01
+"""First pause after an accept error (seconds); doubles up to ACCEPT_BACKOFF_MAX, resets on success."""
+ACCEPT_BACKOFF_MAX = 0.25
+"""Longest pause between accept retries: a node serves again within this long after a flood ends."""
+LOG_BURST = 10
+LOG_PERIOD = 10.0
+"""At most LOG_BURST lines of one kind (over-cap closes, accept errors...) per LOG_PERIOD seconds,
+then one line counting the rest: a flood of connections must not flood the log too."""
+_CLOSED_LISTENER = (errno.EBADF, errno.ENOTSOCK)
+
+
+class LogLimiter:
+    """Logs at most LOG_BURST lines of each kind per LOG_PERIOD, then one line saying how many it left out."""
+
+    def __init__(self, logger: logging.Logger, burst: int = LOG_BURST, period: float = LOG_PERIOD) -> None:
+        self._log = logger
+        self._burst = burst
+        self._period = period
+        self._lock = threading.Lock()
+        self._windows: dict[str, list[float]] = {}      # kind -> [window start, lines logged, lines left out]
+
+    def __call__(self, level: int, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.setdefault(kind, [now, 0, 0])
+            left_out = 0
+            if now - window[0] >= self._period:
+                left_out = int(window[2])
+                window[:] = [now, 0, 0]
+            emit = window[1] < self._burst
+            if emit:
+                window[1] += 1
+            else:
+                window[2] += 1
+        if left_out:
+            self._log.log(level, "%d more %s lines left out in the last %.0fs", left_out, kind, self._period)
+        if emit:
+            self._log.log(level, message, *args)
+
+
+def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
+    """``limit``, lowered to what the process's descriptor limit (soft RLIMIT_NOFILE) allows less FD_RESERVE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return limit
+    return max(MIN_CONNECTIONS, min(limit, soft - FD_RESERVE))
+
+
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to be readable (a listener: a connection pending).
+    ``poll``, not ``select`` or a selector: it takes no descriptor and knows no FD_SETSIZE."""
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    except (OSError, ValueError):           # closed meanwhile: the accept loop sees it next
+        return False
+
+
+def _open_reserve() -> int | None:
+    """A spare descriptor, closed when the process runs out so one pending connection can be shed."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _drain(q: "queue.SimpleQueue[Any]", first: Any, size: Callable[[Any], int] = len) -> tuple[list[Any], bool]:
@@ -323,10 +426,15 @@ class DelayLine:
 
 
 class Transport:
-    """A node's network endpoint: listener, peer links, client connections and fault hooks."""
+    """A node's network endpoint: listener, peer links, client connections and fault hooks.
+
+    ``max_handshaking`` and ``max_connections`` are the caps (defaults: MAX_HANDSHAKING, and
+    MAX_CONNECTIONS lowered to the descriptor limit at ``listen``).
+    """
 
     def __init__(self, name: str, secret: bytes, peers: dict[str, tuple[str, int]], deliver: Deliver,
-                 on_drop: Callable[[str, list[Any]], None] | None = None) -> None:
+                 on_drop: Callable[[str, list[Any]], None] | None = None, *,
+                 max_handshaking: int = MAX_HANDSHAKING, max_connections: int | None = None) -> None:
         self.name = name
         self._on_drop = on_drop
         self._secret = secret
@@ -346,10 +454,24 @@ class Transport:
         self.address: tuple[str, int] | None = None
         self.refused = 0
         self._heard: dict[str, float] = {}
+        self.max_handshaking = max_handshaking
+        self.max_connections = max_connections
+        self._handshaking: set[socket.socket] = set()
+        self._reserve: int | None = None
+        self._stopping = threading.Event()
+        self._limited = LogLimiter(log)
+        self.shed = 0                   # connections closed at once: over a cap, or out of descriptors
+        self.timed_out = 0              # handshakes not done within HANDSHAKE_TIMEOUT
 
     def heard_from(self, peer: str) -> float | None:
         """When a message from ``peer`` last arrived (time.monotonic), if ever."""
         return self._heard.get(peer)
+
+    def peer_back(self, peer: str) -> None:
+        """Gossip says ``peer`` (re)started: the link to it connects at the next send, with no backoff."""
+        link = self._links.get(peer)
+        if link is not None:
+            link.peer_alive()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -360,10 +482,16 @@ class Transport:
         sock.listen(128)
         self._listener = sock
         self.address = sock.getsockname()[:2]
-        threading.Thread(target=self._accept_loop, name=f"accept-{self.name}", daemon=True).start()
+        if self.max_connections is None:
+            self.max_connections = connection_cap()
+        self._reserve = _open_reserve()
+        log.info("%s accepts at most %d connections, %d of them handshaking", self.name, self.max_connections,
+                 self.max_handshaking)
+        threading.Thread(target=self._accept_loop, args=(sock,), name=f"accept-{self.name}", daemon=True).start()
         return self.address
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._listener is not None:
             try:
                 self._listener.shutdown(socket.SHUT_RDWR)
@@ -373,7 +501,16 @@ class Transport:
         with self._lock:
             links = list(self._links.values())
             conns = list(self._connections)
+            handshaking = list(self._handshaking)
             self._links.clear()
+            reserve, self._reserve = self._reserve, None
+        if reserve is not None:
+            os.close(reserve)
+        for sock in handshaking:                  # wakes its handshake thread, which closes it
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for link in links:
             link.stop()
         for conn in conns:
@@ -489,47 +626,164 @@ class Transport:
 
     # --- receiving ---------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(sock,), name=f"handshake-{self.name}", daemon=True).start()
+    def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept until the listener is closed (the node stopping); no accept error ends it.
 
-    def _serve(self, sock: socket.socket) -> None:
+        Errors (ENOBUFS, ENOMEM, ECONNABORTED, EPROTO, EPERM...) are logged and retried after a
+        pause that doubles up to ACCEPT_BACKOFF_MAX. Out of descriptors (EMFILE, ENFILE; Linux
+        fails accept so at once, a connection pending or not), the loop waits until one is
+        pending and tries again; still out, it gives up the reserve descriptor to accept that
+        connection and close it at once, so a flood is shed rather than left spinning the loop
+        or queued (the libev/nginx trick). Once descriptors are back, the next accept serves.
+        """
+        backoff = ACCEPT_BACKOFF
+        pending = False                 # out of descriptors, a connection was seen pending: shed it if still out
+        while not self._stopping.is_set():
+            try:
+                sock, _ = listener.accept()
+            except OSError as exc:
+                if self._stopping.is_set() or listener.fileno() < 0 or exc.errno in _CLOSED_LISTENER:
+                    return
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    if pending and self._shed_one(listener):
+                        self._limited(logging.ERROR, "out-of-descriptors", "%s is out of descriptors (%s): a new "
+                                      "connection was closed at once", self.name, exc)
+                    elif pending:                 # no reserve to shed with: wait, as for any other error
+                        self._limited(logging.ERROR, "accept-error", "%s: accept failed (%s); retrying in %.0f ms",
+                                      self.name, exc, backoff * 1000)
+                        self._stopping.wait(backoff)
+                        backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                    pending = _wait_readable(listener, ACCEPT_BACKOFF_MAX)
+                    continue
+                self._limited(logging.ERROR, "accept-error", "%s: accept failed (%s); retrying in %.0f ms",
+                              self.name, exc, backoff * 1000)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                continue
+            backoff = ACCEPT_BACKOFF
+            pending = False
+            self._admit(sock)
+
+    def _shed_one(self, listener: socket.socket) -> bool:
+        """Give up the reserve descriptor, accept one pending connection and close it, take the reserve
+        back. False if there was no reserve or nothing was accepted."""
+        with self._lock:
+            reserve, self._reserve = self._reserve, None
+        if reserve is None:
+            self._reopen_reserve()
+            return False
+        os.close(reserve)
         try:
-            peer = "%s:%s" % sock.getpeername()[:2]
+            listener.settimeout(0.0)              # the connection may be gone already: never wait here
+            sock, _ = listener.accept()
         except OSError:
+            return False
+        else:
+            sock.close()
+            self.shed += 1
+            return True
+        finally:
+            try:
+                listener.settimeout(None)
+            except OSError:                       # closed meanwhile: the loop sees it next
+                pass
+            self._reopen_reserve()
+
+    def _reopen_reserve(self) -> None:
+        """Take the reserve descriptor back, if it is free and the node is not stopping."""
+        if self._reserve is not None or self._stopping.is_set():
+            return
+        reserve = _open_reserve()
+        if reserve is None:
+            self._limited(logging.WARNING, "no-reserve", "%s cannot reopen its reserve descriptor yet", self.name)
+            return
+        with self._lock:
+            if self._reserve is None and not self._stopping.is_set():
+                self._reserve = reserve
+                return
+        os.close(reserve)
+
+    def _admit(self, sock: socket.socket) -> None:
+        """Start the handshake of an accepted connection on a thread of its own, or close it at once
+        when the node already holds ``max_connections`` or ``max_handshaking`` are handshaking."""
+        assert self.max_connections is not None
+        with self._lock:
+            handshaking, total = len(self._handshaking), len(self._handshaking) + len(self._connections)
+            over = ("connections", self.max_connections) if total >= self.max_connections else \
+                ("handshaking connections", self.max_handshaking) if handshaking >= self.max_handshaking else None
+            if over is None:
+                self._handshaking.add(sock)
+        if over is not None:
+            self.shed += 1
+            self._limited(logging.WARNING, "over-cap", "%s closed a new connection from %s at once: %d %s open, "
+                          "the most it accepts", self.name, _peer_name(sock), over[1], over[0])
             sock.close()
             return
+        try:
+            threading.Thread(target=self._serve, args=(sock,), name=f"handshake-{self.name}", daemon=True).start()
+        except RuntimeError as exc:           # no thread to spare: the same as over a cap
+            with self._lock:
+                self._handshaking.discard(sock)
+            self.shed += 1
+            self._limited(logging.WARNING, "over-cap", "%s closed a new connection at once: %s", self.name, exc)
+            sock.close()
+
+    def _serve(self, sock: socket.socket) -> None:
+        """Handshake (authentication, then the ``Hello``) within HANDSHAKE_TIMEOUT, then hand the connection
+        to the loop."""
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        peer = _peer_name(sock)
         reader = FrameReader()
+        conn: Connection | None = None
+        pending: list[Any] = []
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            server_handshake(sock, self._secret)
-            hello, pending = self._read_hello(sock, reader)
+            server_handshake(sock, self._secret, deadline)
+            hello, pending = self._read_hello(sock, reader, deadline)
+            if hello.kind == "client":
+                reader.max_frame = MAX_REQUEST_FRAME     # one request: a value of at most 16 MiB
+            conn = Connection(sock, hello.kind, hello.name or peer, self._on_frames, self._on_close, self._loop)
         except (AuthenticationFailed, ProtocolError) as exc:
             self.refused += 1
             log.warning("refused connection from %s: %s", peer, exc)
-            sock.close()
-            return
-        except (OSError, ConnectionResetError) as exc:
+        except TimeoutError:
+            self.timed_out += 1
+            self._limited(logging.WARNING, "handshake-timeout", "%s closed the connection from %s: handshake not "
+                          "done within %.0fs", self.name, peer, HANDSHAKE_TIMEOUT)
+        except OSError as exc:
             log.info("connection from %s dropped during handshake: %s", peer, exc)
+        except Exception:  # a bug here must close this connection, not leak its slot
+            log.exception("handshake with %s failed", peer)
+        finally:
+            with self._lock:
+                self._handshaking.discard(sock)
+                if conn is not None and not self._stopping.is_set():
+                    self._connections.add(conn)
+                else:
+                    conn = None
+        if conn is None:
             sock.close()
             return
-        conn = Connection(sock, hello.kind, hello.name or peer, self._on_frames, self._on_close, self._loop)
-        with self._lock:
-            self._connections.add(conn)
         conn.start(reader, pending)
 
-    def _read_hello(self, sock: socket.socket, reader: FrameReader) -> tuple[Hello, list[Any]]:
-        sock.settimeout(5.0)
+    def _read_hello(self, sock: socket.socket, reader: FrameReader, deadline: float) -> tuple[Hello, list[Any]]:
+        """The first frame (a ``Hello``), and whatever came with it, by ``deadline``; a first frame longer
+        than MAX_HELLO is refused before it is read."""
         messages: list[Any] = []
+        head = b""
         while not messages:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("handshake deadline passed before the hello")
+            sock.settimeout(left)
             data = sock.recv(RECV_SIZE)
             if not data:
                 raise ConnectionResetError("closed before hello")
+            if len(head) < HEADER.size:
+                head += data[:HEADER.size - len(head)]
+                if len(head) == HEADER.size and HEADER.unpack(head)[0] > MAX_HELLO:
+                    raise ProtocolError(f"a first frame of {HEADER.unpack(head)[0]} bytes: a hello is at most "
+                                        f"{MAX_HELLO}")
             messages = reader.feed(data)
         sock.settimeout(None)
         hello = messages[0]
@@ -556,3 +810,11 @@ class Transport:
     def _on_close(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
+
+
+def _peer_name(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "a peer that is gone"
+    return f"{host}:{port}"

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
+import time
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -75,8 +77,23 @@ def run_workers(actor_class: type, count: int, data_dir: str | os.PathLike[str],
     try:
         collected: dict[int, Any] = {}
         failures: list[str] = []
-        for _ in range(count):
-            index, ok, body = results.get(timeout=timeout)
+        reported: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(reported) < count:
+            try:
+                index, ok, body = results.get(timeout=0.5)
+            except queue.Empty:
+                # A worker that died without a word (killed, or its interpreter could not start) would
+                # otherwise be waited for until the timeout.
+                dead = [i for i, proc in enumerate(procs) if i not in reported and proc.exitcode not in (None, 0)]
+                if dead:
+                    raise WorkerFailed("; ".join(f"worker {i} exited with code {procs[i].exitcode} before "
+                                                 "reporting" for i in dead)) from None
+                if time.monotonic() > deadline:
+                    raise WorkerFailed(f"no result from workers {sorted(set(range(count)) - reported)} "
+                                       f"within {timeout:.0f}s") from None
+                continue
+            reported.add(index)
             if ok:
                 collected[index] = cloudpickle.loads(body)
             else:

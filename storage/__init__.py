@@ -8,7 +8,8 @@ object hashes of those trees).
 Pure and local: nothing here imports `actors`, opens sockets or starts actors.
 """
 
-from storage.codec import FORMAT_CRDT, FORMAT_V1, CodecError, decode_object, dumps, encode_object, safe_loads
+from storage.codec import (FORMAT_CRDT, FORMAT_DVV, FORMAT_TYPED, FORMAT_V1, CodecError, decode_object, dumps,
+                           encode_object, safe_loads)
 from storage.store import Hint, LmdbStore, MemoryStore, Store, StoreError, StoreFull, open_store
 from storage.versions import (
     EMPTY,
@@ -32,6 +33,8 @@ __all__ = [
     "DVVSet",
     "EMPTY",
     "FORMAT_CRDT",
+    "FORMAT_DVV",
+    "FORMAT_TYPED",
     "FORMAT_V1",
     "Hint",
     "LmdbStore",

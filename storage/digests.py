@@ -46,7 +46,7 @@ from storage.versions import DVVSet
 
 __all__ = ["key_hash", "object_hash"]
 
-_PERSON = b"leaderless.aae2"  # blake2b personalisation: a version tag for the hash format
+_PERSON = b"leaderless.aae3"  # blake2b personalisation: a version tag for the hash format
 _BLAKE = hashlib.blake2b(digest_size=8, person=_PERSON)  # copied per digest: cheaper than a new one
 _U64 = struct.Struct(">Q")
 _LENGTH = struct.Struct(">Q")

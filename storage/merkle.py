@@ -1,7 +1,9 @@
 """Merkle trees for active anti-entropy (Riak AAE style), one per ring partition.
 
 Every node keeps, for each partition it holds keys of, a fixed-shape hash tree
-over those keys:
+over those keys (a tree is named by any hashable id: leaderless names one by
+``(partition, n)``, Riak's "index_n", so keys whose buckets have different n, held
+by different nodes, are compared only with the nodes that hold them):
 
 - a key falls into one of `SEGMENTS` leaf *segments* by the low bits of its
   SHA-1 (`segment_of`); the ring picks the partition from the high bits, so the
@@ -42,7 +44,7 @@ its owner serialises calls (one actor).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from storage.crdts import Crdt
@@ -106,10 +108,10 @@ class MerkleTree:
     """
 
     def __init__(self) -> None:
-        self._partitions: dict[int, _Partition] = {}
+        self._partitions: dict[Hashable, _Partition] = {}
         self._count = 0
 
-    def update(self, partition: int, key: str, obj: DVVSet | Crdt | None, khash: int | None = None) -> None:
+    def update(self, partition: Hashable, key: str, obj: DVVSet | Crdt | None, khash: int | None = None) -> None:
         """Set the object of `key` in `partition` (None removes the key); O(1).
 
         ``khash`` is `key_hash(key)` when the caller has it already.
@@ -150,17 +152,17 @@ class MerkleTree:
             if not tree.count:
                 del self._partitions[partition]
 
-    def root(self, partition: int) -> int:
+    def root(self, partition: Hashable) -> int:
         """The root hash of `partition` (0 when it holds no key)."""
         tree = self._partitions.get(partition)
         return 0 if tree is None else tree.root
 
-    def buckets(self, partition: int) -> tuple[int, ...]:
+    def buckets(self, partition: Hashable) -> tuple[int, ...]:
         """The `FANOUT` bucket hashes of `partition`."""
         tree = self._partitions.get(partition)
         return (0,) * FANOUT if tree is None else tuple(tree.buckets)
 
-    def segments(self, partition: int, buckets: Iterable[int]) -> dict[int, int]:
+    def segments(self, partition: Hashable, buckets: Iterable[int]) -> dict[int, int]:
         """Segment index -> hash for the non-zero segments of those buckets.
 
         Raises `ValueError` for a bucket index outside ``[0, FANOUT)``.
@@ -177,7 +179,7 @@ class MerkleTree:
             if hashes[segment]
         }
 
-    def keys(self, partition: int, segments: Iterable[int]) -> dict[str, int]:
+    def keys(self, partition: Hashable, segments: Iterable[int]) -> dict[str, int]:
         """Key -> object hash for every key in those segments of `partition`.
 
         Raises `ValueError` for a segment index outside ``[0, SEGMENTS)``.
@@ -190,18 +192,18 @@ class MerkleTree:
                 result.update(tree.keys.get(segment, {}))
         return result
 
-    def partitions(self) -> list[int]:
+    def partitions(self) -> list[Any]:
         """The partitions holding at least one key, sorted."""
         return sorted(self._partitions)
 
-    def key_count(self, partition: int | None = None) -> int:
+    def key_count(self, partition: Hashable | None = None) -> int:
         """The number of keys in `partition`, or in every partition when None."""
         if partition is None:
             return self._count
         tree = self._partitions.get(partition)
         return 0 if tree is None else tree.count
 
-    def drop_partition(self, partition: int) -> None:
+    def drop_partition(self, partition: Hashable) -> None:
         """Forget `partition` (after handing it off); a no-op if it holds no key."""
         tree = self._partitions.pop(partition, None)
         if tree is not None:

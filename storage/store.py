@@ -13,8 +13,10 @@ Writes are batched by the caller: one `Store.apply` is one transaction, durable
 fsync (group commit). A synced `LmdbStore` logs batches of objects to a write-ahead
 log (``wal.log`` beside the LMDB files, `storage.wal`) and moves them into LMDB at
 checkpoints; see "the write-ahead log" below. Errors: `StoreError`, and its subclass
-`StoreFull` when the LMDB map (or the disk, for the log) is full (nothing of that
-batch is written). Records that cannot be
+`StoreFull` whenever there is no room: the LMDB map is full, or the disk (or the user's
+quota) is, for a log append, an LMDB commit, a checkpoint, hints or metadata alike
+(nothing of that batch is written; reads go on, and writes succeed again once there is
+room). Records that cannot be
 encoded or decoded raise `storage.codec.CodecError`; bad keys raise `ValueError`.
 
 A hint's id is its target's utf-8 name, a NUL byte, then an 8-byte big-endian
@@ -24,6 +26,7 @@ so the hints for one target are one ordered key range.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
@@ -61,7 +64,24 @@ class StoreError(Exception):
 
 
 class StoreFull(StoreError):
-    """The LMDB map is full; nothing of the failed batch was written."""
+    """No room: the LMDB map or the disk (or the quota) is full; nothing of the failed batch was written."""
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _storage_error(exc: BaseException, what: str, path: str) -> StoreError:
+    """The `StoreError` for an LMDB or OS error: `StoreFull` for every kind of "no room" (a full map,
+    ENOSPC, EDQUOT, and LMDB's DiskError that wraps ENOSPC), so a full disk reaches the client as
+    ``StorageFull`` however it shows; a clear message for EIO (the disk itself failing)."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else getattr(exc, "code", None)
+    if isinstance(exc, lmdb.DiskError) or code in _NO_ROOM:
+        log.error("no room on the disk of %s: %s failed: %s", path, what, exc)
+        return StoreFull(f"no room on the disk of {path}: {what} failed ({exc}): nothing of this batch was written")
+    if code == errno.EIO:
+        log.error("disk I/O error at %s: %s failed: %s", path, what, exc)
+        return StoreError(f"disk I/O error at {path}: {what} failed ({exc}); the disk may be failing")
+    return StoreError(f"{what} failed at {path}: {exc}")
 
 
 class Hint(NamedTuple):
@@ -225,7 +245,7 @@ class LmdbStore:
                     self._path, map_size=map_size, subdir=True, max_dbs=8, sync=sync, writemap=False, lock=True
                 )
             except (OSError, lmdb.Error) as exc:
-                raise StoreError(f"cannot open LMDB environment {self._path}: {exc}") from exc
+                raise _storage_error(exc, "opening the LMDB environment", self._path) from exc
             _OPEN_PATHS.add(self._path)
         self._env: lmdb.Environment | None = env
         stale = env.reader_check()
@@ -241,7 +261,10 @@ class LmdbStore:
                 self._replay()
             except OSError as exc:
                 self.close()
-                raise StoreError(f"cannot open the write-ahead log of {self._path}: {exc}") from exc
+                raise _storage_error(exc, "opening the write-ahead log", self._path) from exc
+            except StoreError:
+                self.close()
+                raise
         log.debug("opened LMDB store %s (map_size=%d, sync=%s, wal=%s)", self._path, map_size, sync,
                   self._wal is not None)
 
@@ -286,7 +309,7 @@ class LmdbStore:
                 try:
                     self._wal.reset()
                 except OSError as exc:  # LMDB holds them now; replaying the log again would only redo them
-                    raise StoreError(f"cannot empty the write-ahead log of {self._path}: {exc}") from exc
+                    raise _storage_error(exc, "emptying the write-ahead log", self._path) from exc
                 self._memtable = {}     # only now: until the log is empty, the next checkpoint retries it
                 self._checkpoints += 1
             finally:
@@ -312,8 +335,8 @@ class LmdbStore:
                 f"LMDB map of {self._map_size} bytes at {self._path} is full: nothing of this batch "
                 "was written (reopen with a larger map_size)"
             ) from exc
-        except lmdb.Error as exc:
-            raise StoreError(f"LMDB write failed at {self._path}: {exc}") from exc
+        except (lmdb.Error, OSError) as exc:
+            raise _storage_error(exc, "an LMDB write", self._path) from exc
 
     def get(self, key: str) -> Obj | None:
         logged = self._memtable.get(key)
@@ -411,7 +434,7 @@ class LmdbStore:
             log.error("no room on disk for the write-ahead log of %s; a batch was refused", self._path)
             raise StoreFull(f"{exc}: nothing of this batch was written") from exc
         except OSError as exc:
-            raise StoreError(f"write-ahead log append failed at {self._path}: {exc}") from exc
+            raise _storage_error(exc, "a write-ahead log append", self._path) from exc
         # One ``update``: a reader in another thread sees all of the batch or none of it.
         self._memtable.update({key: record for key, _, record in keyed})
 
@@ -446,14 +469,32 @@ class LmdbStore:
             after = chunk[-1][0]
 
     def items(self, start: str | None = None) -> Iterator[tuple[str, Obj]]:
-        self._checkpoint()                     # scans read LMDB alone
-        for data, record in self._scan(self._objects, start.encode("utf-8") if start else b""):
+        for data, record in self._scan_objects(start.encode("utf-8") if start else b""):
             yield data.decode("utf-8"), decode_object(record)
 
     def keys(self) -> Iterator[str]:
-        self._checkpoint()
-        for data, _ in self._scan(self._objects, b"", values=False):
+        for data, _ in self._scan_objects(b"", values=False):
             yield data.decode("utf-8")
+
+    def _scan_objects(self, start: bytes, values: bool = True) -> Iterator[tuple[bytes, bytes]]:
+        """Every object record from `start` on: LMDB alone after a checkpoint; when the checkpoint cannot
+        run (no room on the disk), LMDB's records with the logged ones merged in (theirs win), so scans
+        (anti-entropy, handoff) go on reading while writes are refused."""
+        try:
+            self._checkpoint()
+        except StoreError as exc:
+            log.debug("store %s: scanning with the log merged in (no checkpoint: %s)", self._path, exc)
+            with self._lock:
+                logged = sorted((key.encode("utf-8"), record) for key, record in self._memtable.items())
+            merged = heapq.merge(((data, 0, record) for data, record in logged if data >= start),
+                                 ((data, 1, record) for data, record in self._scan(self._objects, start, values)))
+            last = None
+            for data, _, record in merged:
+                if data != last:
+                    yield data, record if values else b""
+                last = data
+            return
+        yield from self._scan(self._objects, start, values)
 
     def count(self) -> int:
         """LMDB's entries plus the logged keys LMDB lacks. Which logged keys LMDB lacks is

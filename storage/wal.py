@@ -11,7 +11,9 @@ length and record length (``>HI``), the key, the record. A crash in the middle o
 append leaves a torn last frame; ``replay`` stops at the first frame that is short or
 fails its checksum and cuts the file back to the last whole frame, so later appends
 never follow garbage. An append that fails (a full disk) cuts the file back too, so
-nothing of a refused batch can come back.
+nothing of a refused batch can come back; if even that cut fails, the next append
+makes it first (and is refused if it cannot), so no append ever follows the remains of
+a refused one (a record's bytes could otherwise read as a frame at replay).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class WriteAheadLog:
         created = not os.path.exists(path)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self._fd).st_size
+        self._torn = False                # a failed append's bytes may lie past ``size``: cut them first
         if created:                       # the new name itself must survive a machine crash
             directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -73,6 +76,9 @@ class WriteAheadLog:
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         start = self.size
         try:
+            if self._torn:
+                os.ftruncate(self._fd, start)
+                self._torn = False
             view = memoryview(frame)
             written = 0
             while written < len(frame):
@@ -82,7 +88,7 @@ class WriteAheadLog:
             try:
                 os.ftruncate(self._fd, start)
             except OSError:
-                pass
+                self._torn = True
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise WalFull(exc.errno, f"no room to log a batch in {self.path}: {exc.strerror}") from exc
             raise
@@ -91,8 +97,9 @@ class WriteAheadLog:
     def reset(self) -> None:
         """Empty the log, durably (what it held is stored elsewhere now)."""
         os.ftruncate(self._fd, 0)
+        self.size = 0                     # now, not after the sync: appends must start at 0 even if it fails
+        self._torn = False
         os.fsync(self._fd)
-        self.size = 0
 
     def close(self) -> None:
         if self._fd >= 0:

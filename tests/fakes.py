@@ -235,7 +235,7 @@ class FakeCluster:
         self.ring = Ring(list(nodes), partitions=64, target_n=3)
         self.membership = Membership(self.COORDINATOR, self.ring)
         self.membership.publish({node: "up" for node in nodes})
-        self.settings = Settings(n=3, r=2, w=2, timeout=timeout, read_repair_chance=read_repair_chance)
+        self.settings = Settings(timeout=timeout, read_repair_chance=read_repair_chance)
         self.stats = Stats()
         self.stores = {node: FakeStore() for node in nodes}
         self.replica_stats = {node: Stats() for node in nodes}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import msgspec
 import pykka
 import pytest
 
@@ -305,7 +306,7 @@ def test_reads_prefer_the_replica_that_answered_faster(cluster: FakeCluster) -> 
 def test_an_invalid_request_is_answered_with_its_own_error_type_and_the_coordinator_keeps_serving(
         cluster: FakeCluster, request_: ClientPut | ClientGet, error: type[InvalidRequest]) -> None:
     conn = FakeConnection()
-    cluster.coordinator.tell(request_._replace(reply_to=conn))
+    cluster.coordinator.tell(msgspec.structs.replace(request_, reply_to=conn))
 
     reply = conn.reply()
     assert reply.req_id == 7 and reply.ok is False
@@ -458,7 +459,7 @@ def test_an_increment_whose_first_replica_was_paused_moves_on_only_once_it_refus
     cluster.coordinator.tell(ClientGet(1002, plain, bucket="hits", r=3, reply_to=conn))
     assert conn.ok().value == 1
     held = cluster.stores["n1"].get(key)                 # n1 holds the other replica's increment only
-    assert held is None or not any(entry[0].startswith("n1.") for entry in held.state)
+    assert held is None or not any(entry[0].startswith("n1.") for entry in held.state[0])
 
 
 def test_a_put_refused_by_full_stores_fails_with_the_same_error_whatever_order_the_answers_arrive_in(
@@ -514,3 +515,50 @@ def test_an_increment_whose_first_replica_stays_silent_is_not_built_elsewhere_an
     read = FakeConnection()
     cluster.coordinator.tell(ClientGet(1003, plain, bucket="hits", r=3, reply_to=read))
     assert read.ok().value == 1
+
+
+# --- operations: built by the first reachable primary, counted once ------------------------------
+
+def test_an_operation_is_built_by_the_first_reachable_primary_not_by_the_fallback_in_the_down_primarys_slot(
+) -> None:
+    cluster = FakeCluster(("n1", "n2", "n3", "n4"), timeout=TIMEOUT)
+    try:
+        cluster.membership.buckets["carts"] = BucketProps("carts", "set", 3, 2, 2)
+        plain = next(f"cart-{i}" for i in range(10_000)
+                     if cluster.ring.primaries(f"carts\x00cart-{i}", 3)[0] == "n4")
+        first, second, _ = cluster.ring.primaries(f"carts\x00{plain}", 3)
+        cluster.membership.publish({"n1": "up", "n2": "up", "n3": "up", "n4": "down"})
+        targets = cluster.membership.preference_list(f"carts\x00{plain}", 3)
+        assert targets[0][1] == first                    # a fallback holds the down primary's slot...
+        conn = FakeConnection()
+        cluster.coordinator.tell(ClientUpdate(1, "carts", plain, ("add", "soap"), "op-1", reply_to=conn))
+        conn.ok()
+        [built_by] = cluster.net.sent(CoordinatePut)
+        assert built_by.dest == second                   # ...but the first primary that is up builds it
+    finally:
+        pykka.ActorRegistry.stop_all()
+
+
+def test_an_increment_built_again_by_the_next_primary_after_the_first_froze_counts_once(cluster: FakeCluster) -> None:
+    cluster.membership.buckets["hits"] = BucketProps("hits", "counter", 3, 2, 2)
+    plain = cluster.key_led_by("n1", prefix="page")
+    key = "hits\x00" + plain
+    while cluster.primaries(key)[0] != "n1":             # a key of the bucket that n1 leads
+        plain += "x"
+        key = "hits\x00" + plain
+    cluster.net.hold(lambda sent: sent.src == "n1")      # n1 builds the increment, then freezes before answering
+    first = FakeConnection()
+    cluster.coordinator.tell(ClientUpdate(1, "hits", plain, ("increment", 5), "op-once", timeout=1.0,
+                                          reply_to=first))
+    cluster.stores["n1"].wait_for(key, lambda obj: obj is not None)
+    cluster.advance(1.01)
+    assert type(first.reply().result) is QuorumFailed   # indeterminate: the client retries with the same id
+    cluster.membership.publish({"n1": "down", "n2": "up", "n3": "up"})
+    retry = FakeConnection()
+    cluster.coordinator.tell(ClientUpdate(2, "hits", plain, ("increment", 5), "op-once", reply_to=retry))
+    retry.ok()                                           # built a second time, by n2: it had not seen the first
+    cluster.net.release()
+    cluster.membership.publish({"n1": "up", "n2": "up", "n3": "up"})
+    read = FakeConnection()
+    cluster.coordinator.tell(ClientGet(3, plain, bucket="hits", r=3, reply_to=read))
+    assert read.ok().value == 5                          # both builds met in the merge: counted once

@@ -167,6 +167,7 @@ def test_a_node_started_elsewhere_joins_through_a_seed_and_leaves_on_command(mak
     elsewhere = tmp_path / "host-b"
     elsewhere.mkdir()
     (elsewhere / "secret").write_bytes((cluster.data_dir / "secret").read_bytes())   # the operator copies it
+    (elsewhere / "secret").chmod(0o600)                                              # as the README says
     seed = "%s:%d" % cluster.addresses["n1"]
     proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "node", "start", "--name", "b1", "--join", seed,
                              "--data-dir", str(elsewhere)], cwd=ROOT, stdout=subprocess.PIPE,

@@ -30,6 +30,7 @@ from storage.crdts import (
     WINDOW_MS,
     Crdt,
     CrdtError,
+    NotPresent,
     apply,
     context,
     descends,
@@ -76,7 +77,7 @@ def test_a_counter_keeps_one_entry_per_actor() -> None:
     mine = run_ops(None, "counter", "a", ("increment", 1), ("increment", 2), ("decrement", 1))
     obj = merge(mine, run_ops(None, "counter", "b", ("increment", 4)))
     assert obj is not None
-    assert obj.state == (("a", 3, 3, 1), ("b", 1, 4, 0))
+    assert obj.state == ((("a", 3, 3, 1), ("b", 1, 4, 0)), ())
     assert value(obj) == 6 and context(obj) == (("a", 3), ("b", 1))
 
 
@@ -100,11 +101,76 @@ def test_an_element_removed_after_being_seen_does_not_come_back_when_states_merg
     assert naive_phone | naive_laptop == {"milk", "eggs"}  # milk is back: the anomaly
 
 
-def test_removing_an_absent_element_changes_no_value_but_moves_the_context() -> None:
+def test_removing_an_element_the_replica_does_not_hold_without_a_context_is_refused() -> None:
     obj = run_ops(None, "set", "a", ("add", 1))
-    after = run_ops(obj, "set", "a", ("remove", 2), ("remove_all", (3, b"x")))
+    with pytest.raises(NotPresent, match="2"):
+        apply(obj, "set", ("remove", 2), "a", "op-x", ts())
+    with pytest.raises(NotPresent, match="3"):
+        apply(obj, "set", ("remove_all", (1, 3)), "a", "op-y", ts())
+    with pytest.raises(NotPresent, match="'g'"):
+        apply(run_ops(None, "map", "a", ("update", "f", "flag", ("enable",))), "map", ("remove", "g"), "a", None, ts())
+
+
+def test_a_remove_with_a_context_that_covers_nothing_here_changes_no_value_but_moves_the_context() -> None:
+    obj = run_ops(None, "set", "a", ("add", 1))
+    after = apply(obj, "set", ("remove_all", (3, b"x")), "a", "op-z", ts(), context(obj))
     assert value(after) == value(obj) == frozenset({1})
     assert descends(after, obj) and not descends(obj, after)
+
+
+def test_a_remove_built_on_a_replica_with_no_copy_takes_what_the_client_read_once_states_merge() -> None:
+    # Issue 17's cart: the primary holds {soap, book, dvd}; a client read it, then its remove of
+    # book was built by a fallback holding nothing. The remove waits there, deferred, and takes
+    # book when the fallback's state meets the primary's; an add the client never saw stays.
+    primary = run_ops(None, "set", "a", ("add_all", ("soap", "book", "dvd")))
+    read = context(primary)
+    fallback = apply(None, "set", ("remove", "book"), "b", "op-rm", ts(2000, 0, "b"), read)
+    assert value(fallback) == frozenset() and fallback.state[2] != ()           # deferred, not lost
+    later = run_ops(primary, "set", "c", ("remove", "dvd"), ("add", "milk"))      # the other side
+    healed = merge(later, fallback)
+    assert value(healed) == value(merge(fallback, later)) == frozenset({"soap", "milk"})
+    assert healed is not None and healed.state[2] == ()                        # carried out, forgotten
+    re_added = run_ops(primary, "set", "d", ("add", "book"))                   # not observed by the remove
+    assert value(merge(fallback, re_added)) == frozenset({"soap", "book", "dvd"})
+
+
+def test_a_deferred_field_removal_takes_only_the_observed_updates_of_the_field() -> None:
+    base = run_ops(None, "map", "a", ("update", "tags", "set", ("add", "x")), ("update", "on", "flag", ("enable",)))
+    seen = context(base)
+    removed = apply(None, "map", ("remove", "tags"), "b", "op-r", ts(2000, 0, "b"), seen)
+    disabled = apply(removed, "map", ("update", "on", "flag", ("disable",)), "b", "op-d", ts(2001, 0, "b"), seen)
+    concurrent = run_ops(base, "map", "c", ("update", "tags", "set", ("add", "y")))
+    assert value(merge_all(base, disabled, concurrent)) == {("tags", "set"): frozenset({"y"}),
+                                                            ("on", "flag"): False}
+
+
+def test_a_deferred_disable_leaves_an_enable_it_did_not_observe() -> None:
+    on = run_ops(None, "flag", "a", ("enable",))
+    off = apply(None, "flag", ("disable",), "b", "op-off", ts(2000, 0, "b"), context(on))
+    assert value(merge(on, off)) is False
+    again = run_ops(on, "flag", "c", ("enable",))
+    assert value(merge_all(on, off, again)) is True
+
+
+def test_a_retry_built_by_a_second_replica_counts_once_when_the_states_meet() -> None:
+    first = apply(None, "counter", ("increment", 4), "a", "retry-me", ts(1000, 0, "a"))
+    second = apply(None, "counter", ("increment", 4), "b", "retry-me", ts(1001, 0, "b"))   # a froze; b built it
+    other = apply(None, "counter", ("decrement", 1), "c", "other", ts(1002, 0, "c"))
+    assert value(merge_all(first, second, other)) == value(merge_all(other, second, first)) == 3
+    merged = merge(first, second)
+    assert merged is not None and merged.state[1] == (("b", 1, 4, 0),)       # the larger build is cancelled
+    more = apply(merged, "counter", ("increment", 1), "b", "next", ts(1003, 0, "b"))
+    assert value(merge(more, first)) == 5
+
+
+def test_records_of_the_first_release_are_read_in_todays_shapes() -> None:
+    from storage.crdts import normalize
+    assert normalize("counter", (("a", 2, 3, 1),), (("op", 5),)) == Crdt("counter", ((("a", 2, 3, 1),), ()),
+                                                                        (("op", 5, ()),))
+    assert normalize("set", ((("a", 1),), ((1, (("a", 1),)),)), ()) == Crdt(
+        "set", ((("a", 1),), ((1, (("a", 1),)),), ()), ())
+    today = run_ops(None, "counter", "a", ("increment", 1))
+    assert normalize(*today) == today
 
 
 def test_a_set_after_adding_and_removing_1000_elements_holds_only_its_version_vector() -> None:
@@ -113,8 +179,8 @@ def test_a_set_after_adding_and_removing_1000_elements_holds_only_its_version_ve
         obj = run_ops(obj, "set", ACTORS[i % 3], ("add", f"item-{i}"))
         obj = run_ops(obj, "set", ACTORS[(i + 1) % 3], ("remove", f"item-{i}"))
     assert value(obj) == frozenset()
-    vector, elements = obj.state
-    assert elements == ()
+    vector, elements, deferred = obj.state
+    assert elements == () and deferred == ()
     assert sum(n for _, n in vector) == 2000 and len(vector) == 3
     assert len(pickle.dumps(obj.state)) < 60
 
@@ -227,27 +293,40 @@ def test_an_operation_delivered_twice_counts_once_even_via_another_replica(
 def test_operation_ids_are_forgotten_after_the_window() -> None:
     obj = apply(None, "counter", ("increment", 1), "a", "old", ts(1000, 0, "a"))
     obj = apply(obj, "counter", ("increment", 1), "a", "new", ts(1000 + WINDOW_MS + 1, 0, "a"))
-    assert [op_id for op_id, _ in obj.applied] == ["new"]
+    assert [op_id for op_id, _, _ in obj.applied] == ["new"]
 
 
 def test_a_lagging_coordinator_stamps_its_id_no_older_than_the_newest_one_held() -> None:
     obj = apply(None, "counter", ("increment", 1), "a", "ahead", ts(10 * WINDOW_MS, 0, "a"))
     obj = apply(obj, "counter", ("increment", 1), "b", "behind", ts(1000, 0, "b"))
-    assert dict(obj.applied) == {"ahead": 10 * WINDOW_MS, "behind": 10 * WINDOW_MS}
+    assert {op_id: wall for op_id, wall, _ in obj.applied} == {"ahead": 10 * WINDOW_MS, "behind": 10 * WINDOW_MS}
 
 
-applied_lists = st.dictionaries(st.sampled_from("pqrstuvw"), st.integers(0, 3 * WINDOW_MS), max_size=6).map(
-    lambda d: tuple(sorted(d.items())))
+BUILD = st.one_of(st.just(()), st.tuples(st.sampled_from("ab"), st.integers(1, 3), st.integers(0, 2), st.just(0)))
+applied_lists = st.lists(st.tuples(st.sampled_from("pqrstuvw"), st.integers(0, 3 * WINDOW_MS), BUILD),
+                         max_size=6).map(lambda items: tuple(sorted(set(items))))
 
 
 @no_deadline
 @given(applied_lists, applied_lists, applied_lists)
 def test_trimming_applied_ids_keeps_merge_associative(a: tuple, b: tuple, c: tuple) -> None:
-    objs = [Crdt("counter", (), applied) for applied in (a, b, c)]
-    x, y, z = (merge(o, new("counter")) for o in objs)  # trimmed as any merged state is
+    # (A set: in a counter, two builds of one id meeting just as the window passes them may be
+    # cancelled in one grouping and not in another; cancellations only grow, so replicas still
+    # converge once every state has met every other. Within the window, merge is a join.)
+    objs = [Crdt("set", ((), (), ()), applied) for applied in (a, b, c)]
+    x, y, z = (merge(o, new("set")) for o in objs)  # trimmed as any merged state is
     assert merge(merge(x, y), z) == merge(x, merge(y, z)) == merge(merge(z, x), y)
     merged = merge(merge(x, y), z)
     assert merged is not None and list(merged.applied) == sorted(merged.applied)
+
+
+@no_deadline
+@given(applied_lists, applied_lists, applied_lists)
+def test_a_counters_cancellations_converge_whatever_the_order_states_meet_in(a: tuple, b: tuple, c: tuple) -> None:
+    objs = [Crdt("counter", ((), ()), applied) for applied in (a, b, c)]
+    x, y, z = (merge(o, new("counter")) for o in objs)
+    one, two, three = merge(merge(x, y), z), merge(x, merge(y, z)), merge(merge(z, x), y)
+    assert merge(merge(one, two), three) == merge(three, merge(two, one)) == merge(merge(three, one), two)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -269,6 +348,7 @@ def test_trimming_applied_ids_keeps_merge_associative(a: tuple, b: tuple, c: tup
     ("map", ("update", 3, "flag", ("enable",)), "field name"),
     ("map", ("update", "f", "flag", ("increment", 1)), "flag has no operation"),
     ("map", ("remove", ("f", "nope")), "field name or a (name, type) pair"),
+    ("set", ("add", 1.5), "str, bytes or int"),
     ("map", ("clear",), "map has no operation"),
 ])
 def test_bad_operations_raise_a_clear_error(type_: str, op: Any, message: str) -> None:
@@ -331,53 +411,89 @@ COMMUTING_OPS = {
 }
 
 
-Model = tuple[frozenset[int], frozenset[tuple[Any, ...]]]  # (tokens seen, live atoms; an atom's last item is its token)
-EMPTY_MODEL: Model = (frozenset(), frozenset())
+Atom = tuple[Any, ...]
+Kill = tuple[Any, ...]      # a remove carried as data: (what it targets, the tokens its client had seen)
+Model = tuple[frozenset[int], frozenset[Atom], frozenset[Kill]]   # (tokens seen, live atoms, removes)
+EMPTY_MODEL: Model = (frozenset(), frozenset(), frozenset())
 
 
 class Oracle:
-    """Explicit causal histories: each operation is a token; nothing is compressed or forgotten."""
+    """Explicit causal histories: each operation is a token; nothing is compressed or forgotten.
+
+    A remove kills the atoms it targets whose token its client had seen (the tokens of the state
+    it was based on), wherever and whenever they meet it; counters count each operation id once."""
 
     def __init__(self, type_: str) -> None:
         self.type = type_
-        self.amounts: dict[int, int] = {}  # counter: token -> signed amount
+        self.amounts: dict[str, int] = {}  # counter: op id -> signed amount
+        self.op_ids: dict[int, str] = {}   # token -> op id
         self.assigns: dict[int, tuple[Timestamp, Any]] = {}  # register: token -> (timestamp, value)
 
     @staticmethod
+    def _alive(atom: Atom, kills: frozenset[Kill]) -> bool:
+        return not any(Oracle._kills(kill, atom) for kill in kills)
+
+    @staticmethod
+    def _kills(kill: Kill, atom: Atom) -> bool:
+        target, observed = kill
+        if atom[-1] not in observed:
+            return False
+        if target[0] == "field":                       # a field and everything in it
+            name = target[1]
+            key = atom[1]
+            return isinstance(key, tuple) and (key[0] == name if len(target) == 2 else key == (name, target[2]))
+        if target[0] == "element":
+            return atom[0] == "element" and atom[1] == target[1] and atom[2] == target[2]
+        return atom[0] == "flag" and atom[1] == target[1]
+
+    @staticmethod
     def merge(a: Model, b: Model) -> Model:
-        (seen_a, live_a), (seen_b, live_b) = a, b
+        (seen_a, live_a, kills_a), (seen_b, live_b, kills_b) = a, b
         live = (live_a & live_b) | {x for x in live_a - live_b if x[-1] not in seen_b} | {
             x for x in live_b - live_a if x[-1] not in seen_a}
-        return seen_a | seen_b, frozenset(live)
+        kills = kills_a | kills_b
+        return seen_a | seen_b, frozenset(x for x in live if Oracle._alive(x, kills)), kills
 
-    def apply(self, model: Model, op: tuple, actor: str, stamp: Timestamp, token: int) -> Model:
-        seen, live = model
+    def apply(self, model: Model, op: tuple, actor: str, stamp: Timestamp, token: int, op_id: str,
+              observed: frozenset[int] | None = None) -> Model:
+        seen, live, kills = model
+        self.op_ids[token] = op_id
         if self.type == "counter":
-            self.amounts[token] = op[1] if op[0] == "increment" else -op[1]
+            self.amounts[op_id] = op[1] if op[0] == "increment" else -op[1]
         elif self.type == "register":
             self.assigns[token] = (stamp, op[1])
         else:
-            live = frozenset(self._field_op(set(live), None, self.type, op, actor, stamp, token))
-        return seen | {token}, live
+            new_kills: set[Kill] = set()
+            live = frozenset(self._field_op(set(live), None, self.type, op, actor, stamp, token, new_kills,
+                                            seen if observed is None else observed))
+            kills = kills | new_kills
+            live = frozenset(x for x in live if self._alive(x, kills))
+        return seen | {token}, live, kills
 
-    def _field_op(self, live: set[tuple[Any, ...]], field: Any, type_: str, op: tuple, actor: str,
-                  stamp: Timestamp, token: int) -> set[tuple[Any, ...]]:
-        def drop(kind: str, match: Callable[[tuple[Any, ...]], bool] = lambda atom: True) -> set[tuple[Any, ...]]:
+    def _field_op(self, live: set[Atom], field: Any, type_: str, op: tuple, actor: str, stamp: Timestamp,
+                  token: int, kills: set[Kill], observed: frozenset[int]) -> set[Atom]:
+        def drop(kind: str, match: Callable[[Atom], bool] = lambda atom: True) -> set[Atom]:
             return {x for x in live if not (x[0] == kind and x[1] == field and match(x))}
 
         if type_ == "map":
             if op[0] == "remove":
-                gone = (lambda f: f[0] == op[1]) if isinstance(op[1], str) else (lambda f: f == tuple(op[1]))
-                return {x for x in live if not gone(x[1])}
+                target = ("field", op[1]) if isinstance(op[1], str) else ("field", *op[1])
+                kills.add((target, observed))
+                return live
             key = (op[1], op[2])
             live = {x for x in live if not (x[0] == "present" and x[1] == key)} | {("present", key, token)}
-            return self._field_op(live, key, op[2], op[3], actor, stamp, token)
+            return self._field_op(live, key, op[2], op[3], actor, stamp, token, kills, observed)
         if type_ == "set":
             touched = {op[1]} if op[0] in ("add", "remove") else set(op[1])
-            live = drop("element", lambda x: x[2] in touched)
-            return live | {("element", field, e, token) for e in touched} if op[0].startswith("add") else live
+            if op[0].startswith("add"):
+                return drop("element", lambda x: x[2] in touched) | {("element", field, e, token) for e in touched}
+            kills.update((("element", field, e), observed) for e in touched)
+            return live
         if type_ == "flag":
-            return drop("flag") | ({("flag", field, token)} if op[0] == "enable" else set())
+            if op[0] == "enable":
+                return drop("flag") | {("flag", field, token)}
+            kills.add((("flag", field), observed))
+            return live
         if type_ == "counter":  # a field's counter: one running total per actor, under its latest token
             mine = [x for x in live if x[0] == "count" and x[1] == field and x[2] == actor]
             inc, dec = sum(x[3] for x in mine), sum(x[4] for x in mine)
@@ -390,9 +506,9 @@ class Oracle:
         return live
 
     def value(self, model: Model) -> Any:
-        seen, live = model
+        seen, live, _ = model
         if self.type == "counter":
-            return sum(self.amounts[t] for t in seen)
+            return sum(self.amounts[op_id] for op_id in {self.op_ids[t] for t in seen})
         if self.type == "register":
             return max((self.assigns[t] for t in seen), key=lambda a: a[0], default=(None, None))[1]
         if self.type == "map":
@@ -400,7 +516,7 @@ class Oracle:
         return self._field_value(live, None, self.type)
 
     @staticmethod
-    def _field_value(live: frozenset[tuple[Any, ...]], field: Any, type_: str) -> Any:
+    def _field_value(live: frozenset[Atom], field: Any, type_: str) -> Any:
         atoms = [x for x in live if x[1] == field]
         if type_ == "set":
             return frozenset(x[2] for x in atoms if x[0] == "element")
@@ -419,7 +535,7 @@ Seen = list[tuple[Crdt, Model]]
 def steps(ops: st.SearchStrategy[tuple]) -> st.SearchStrategy[list[Step]]:
     return st.lists(
         st.tuples(
-            st.sampled_from(("op", "op", "merge", "retry")),
+            st.sampled_from(("op", "op", "merge", "retry", "observed")),
             st.sampled_from(ACTORS),
             st.integers(0, 1000),  # which earlier state or operation: index modulo the count
             ops,
@@ -429,28 +545,46 @@ def steps(ops: st.SearchStrategy[tuple]) -> st.SearchStrategy[list[Step]]:
 
 
 def run(type_: str, history: list[Step], oracle: Oracle) -> tuple[Seen, dict[str, Crdt]]:
-    """Play a history on three replicas; every state reached, with its model, and the replicas' last states."""
+    """Play a history on three replicas; every state reached, with its model, and the replicas' last states.
+
+    ``op``: an operation on the replica's own state (a remove takes what that replica holds);
+    ``observed``: the operation as a client sends it after reading an earlier state anywhere (a
+    remove takes what that read observed, even on a replica that is behind); ``retry``: an earlier
+    operation again, with its id, on any replica (one that has not seen it builds it a second time).
+    """
     current: dict[str, tuple[Crdt, Model]] = {actor: (new(type_), EMPTY_MODEL) for actor in ACTORS}
     seen: Seen = [(new(type_), EMPTY_MODEL)]
-    sent: list[tuple[str, tuple]] = []  # (op_id, op) of every operation so far
+    sent: list[tuple[str, tuple, Any, frozenset[int] | None]] = []  # (op_id, op, context, observed tokens)
     for token, (kind, actor, pick, op) in enumerate(history, start=1):
         obj, model = current[actor]
         stamp = Timestamp(pick, token, actor)  # random wall clocks; the logical part keeps stamps distinct
-        if kind == "op":
-            updated = apply(obj, type_, op, actor, f"op-{token}", stamp)
-            assert descends(updated, obj)
-            assert context(updated) != context(obj) or type_ == "register"  # a losing assignment moves nothing
-            current[actor] = (updated, oracle.apply(model, op, actor, stamp, token))
-            sent.append((f"op-{token}", op))
-        elif kind == "merge":
+        if kind == "merge":
             other_obj, other_model = seen[pick % len(seen)]
             merged = merge(obj, other_obj)
             assert merged is not None
             current[actor] = (merged, oracle.merge(model, other_model))
-        elif sent:
-            op_id, op = sent[pick % len(sent)]
-            if any(applied_id == op_id for applied_id, _ in obj.applied):  # this replica has the first attempt
-                assert apply(obj, type_, op, actor, op_id, stamp) is obj
+        else:
+            op_id, ctx, observed = f"op-{token}", None, None
+            if kind == "observed" and type_ not in ("counter", "register"):
+                read_obj, read_model = seen[pick % len(seen)]
+                ctx, observed = context(read_obj), read_model[0]
+            elif kind == "retry":
+                if not sent:
+                    continue
+                op_id, op, ctx, observed = sent[pick % len(sent)]
+                if any(applied_id == op_id for applied_id, _, _ in obj.applied):   # seen here: a no-op
+                    assert apply(obj, type_, op, actor, op_id, stamp, ctx) is obj
+                    continue
+            try:
+                updated = apply(obj, type_, op, actor, op_id, stamp, ctx)
+            except NotPresent:
+                assert ctx is None                     # a remove without a context of what is not here
+                continue
+            assert descends(updated, obj)
+            assert context(updated) != context(obj) or type_ == "register"  # a losing assignment moves nothing
+            current[actor] = (updated, oracle.apply(model, op, actor, stamp, token, op_id, observed))
+            if kind != "retry":
+                sent.append((op_id, op, ctx, observed))
         seen.append(current[actor])
     return seen, {actor: state for actor, (state, _) in current.items()}
 
@@ -569,9 +703,13 @@ def test_commuting_operations_give_one_value_whatever_their_order_replicas_and_m
     type_: str, data: st.DataObject
 ) -> None:
     history = data.draw(steps(COMMUTING_OPS[type_]))
+    if type_ in ("register", "map"):
+        # A retry built by a second replica is a second assignment with a later stamp (register) or,
+        # in a map's counter field, a second increment (documented): not the value computed below.
+        history = [("merge" if kind == "retry" else kind, *rest) for kind, *rest in history]
     _, last = run(type_, history, Oracle(type_))
     ops = [(op, Timestamp(pick, token, actor))
-           for token, (kind, actor, pick, op) in enumerate(history, start=1) if kind == "op"]
+           for token, (kind, actor, pick, op) in enumerate(history, start=1) if kind in ("op", "observed")]
     assert value(merge_all(*last.values())) == expected_value(type_, ops)
 
 
@@ -583,13 +721,15 @@ def test_a_hot_key_remembers_only_the_newest_operation_ids() -> None:
         obj = crdts.apply(obj, "counter", ("increment", 1), "a", f"op{i:05d}", Timestamp(1_000 + i, 0, "a"))
     assert crdts.value(obj) == crdts.MAX_APPLIED + 200
     assert len(obj.applied) == crdts.MAX_APPLIED
-    assert min(wall for _, wall in obj.applied) == 1_200                  # the oldest 200 were dropped
+    assert min(wall for _, wall, _ in obj.applied) == 1_200               # the oldest 200 were dropped
     again = crdts.apply(obj, "counter", ("increment", 1), "a", "op01199", Timestamp(5_000, 0, "a"))
     assert crdts.value(again) == crdts.value(obj)                         # a recent retry still counts once
 
 
-@given(parts=st.lists(st.dictionaries(st.sampled_from([f"id{i}" for i in range(12)]), st.integers(0, 30),
-                                      max_size=8), min_size=3, max_size=3))
+@given(parts=st.lists(st.lists(st.tuples(st.sampled_from([f"id{i}" for i in range(12)]), st.integers(0, 30),
+                                          st.one_of(st.just(()), st.tuples(st.just("a"), st.integers(1, 3),
+                                                                           st.just(1), st.just(0)))),
+                                max_size=8), min_size=3, max_size=3))
 def test_capping_the_operation_ids_keeps_merge_associative_and_commutative(parts) -> None:
     import storage.crdts as module
     saved = module.MAX_APPLIED

@@ -525,13 +525,13 @@ def test_an_object_never_hashes_to_zero_even_when_its_digest_is_zero(monkeypatch
 
 
 GOLDEN = {  # the hash format is part of the cluster's protocol: a change must be deliberate (bump _PERSON)
-    "register": (lambda: lww(b"\x00\xffvalue"), 14418004715606591271),
-    "register with op ids": (lambda: lww(b"v", op_id="op-1"), 12420121980496075335),
-    "dvvset": (lambda: DVVSet((("n1.3f9a1c2e", 1, (b"\x00\xffvalue",)),)), 17816837273844444091),
-    "dvvset with siblings": (lambda: DVVSet((("a", 3, (b"x", "y")), ("b", 1, (None,))), (b"z",)), 6317323749228107944),
-    "dvvset of numbers": (lambda: put({"n": [1, 2.5], "s": frozenset({"m"})}), 15105671222196636175),
+    "register": (lambda: lww(b"\x00\xffvalue"), 3505903578354465347),
+    "register with op ids": (lambda: lww(b"v", op_id="op-1"), 1664244307500926896),
+    "dvvset": (lambda: DVVSet((("n1.3f9a1c2e", 1, (b"\x00\xffvalue",)),)), 14931041606650668795),
+    "dvvset with siblings": (lambda: DVVSet((("a", 3, (b"x", "y")), ("b", 1, (None,))), (b"z",)), 14653296417835484871),
+    "dvvset of numbers": (lambda: put({"n": [1, 2.5], "s": frozenset({"m"})}), 11222530864500318692),
     "counter": (lambda: crdts.apply(None, "counter", ("increment", 5), "a", "op-1",
-                                    Timestamp(1_700_000_000_000, 0, "n1")), 17471312284918544780),
+                                    Timestamp(1_700_000_000_000, 0, "n1")), 11692380379214739134),
 }
 
 

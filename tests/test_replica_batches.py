@@ -108,12 +108,12 @@ def test_the_hash_tree_a_peer_reads_holds_every_committed_write_and_only_the_las
     expected = MerkleTree()
     for key in keys:
         assert len(versions.values(store.get(key))) == 3
-        expected.update(ring.partition_of(key), key, store.get(key))
+        expected.update((ring.partition_of(key), 3), key, store.get(key))   # (partition, the bucket's n)
     ref.tell(TreeRequest(2000, "co", 0, "partitions"))                    # before any partition caught up
     assert set(tree_reply(sent, 2000)) == set(expected.partitions())
     for i, partition in enumerate(sorted({ring.partition_of(key) for key in keys})):
-        ref.tell(TreeRequest(1000 + i, "co", partition, "buckets"))
-        assert tree_reply(sent, 1000 + i) == expected.buckets(partition)
+        ref.tell(TreeRequest(1000 + i, "co", partition, "buckets", (), 3))
+        assert tree_reply(sent, 1000 + i) == expected.buckets((partition, 3))
     ref.tell(TreeRequest(2001, "co", 0, "partitions"))
     assert tree_reply(sent, 2001) == {p: expected.key_count(p) for p in expected.partitions()}
 

@@ -13,10 +13,11 @@ import struct
 import threading
 import time
 
+import msgspec
 import pytest
 
 from actors import AuthenticationFailed, Client, LocalCluster
-from actors.messages import Hello
+from actors.messages import Ack, Hello
 from actors.wire import MAGIC, NONCE, client_handshake, encode
 
 pytestmark = pytest.mark.cluster
@@ -131,10 +132,15 @@ def test_a_frame_naming_a_forbidden_class_is_not_unpickled(shared_cluster: Local
     still_serves(shared_cluster)
 
 
-def test_an_unknown_message_type_from_a_client_closes_its_connection(shared_cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("frame", [
+    encode(Ack(1, "n2", True)),                                          # a peer's message, from a client
+    (lambda body: struct.pack(">I", len(body)) + body)(msgspec.msgpack.encode([["not", "a", "request"]])),
+])
+def test_an_unknown_message_type_from_a_client_closes_its_connection(shared_cluster: LocalCluster,
+                                                                     frame: bytes) -> None:
     sock = raw_connection(shared_cluster)
     sock.sendall(encode(Hello("client")))
-    sock.sendall(encode(("not", "a", "request")))
+    sock.sendall(frame)
     assert closed_by_peer(sock)
     sock.close()
     still_serves(shared_cluster)

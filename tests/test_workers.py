@@ -42,6 +42,19 @@ def test_a_worker_that_raises_is_reported_with_its_traceback(shared_cluster: Loc
         run_workers(Broken, count=1, data_dir=shared_cluster.data_dir)
 
 
+def test_a_worker_whose_process_dies_without_a_word_is_reported_at_once(shared_cluster: LocalCluster) -> None:
+    class Vanishing(pykka.ThreadingActor):
+        def __init__(self, client):
+            super().__init__()
+
+        def run(self, worker: int) -> None:
+            __import__("os")._exit(3)          # as a kill -9 or a failed interpreter start would
+
+    # Waiting for the timeout (600 s) would fail the test on its own (pytest-timeout: 180 s).
+    with pytest.raises(WorkerFailed, match="exited with code 3"):
+        run_workers(Vanishing, count=2, data_dir=shared_cluster.data_dir, timeout=600)
+
+
 def test_the_shopping_cart_example_loses_no_item() -> None:
     import subprocess
     import sys
