@@ -13,14 +13,29 @@ whether the run kept its promises. They are modelled on Jepsen's checkers.
   stale reads are counted.
 - ``check_counter``: every read of a counter lies between the sum of the increments
   certainly applied before it and the sum of those possibly applied.
-- ``check_convergence``: every primary replica of a key holds the same values.
+- ``check_orset``: unique elements added to and removed from ``set`` buckets. An
+  acknowledged add whose element no remove may have taken is in the final read (*lost*
+  otherwise); an element whose remove was acknowledged is absent (*resurrected*
+  otherwise); indeterminate adds and removes may go either way.
+- ``check_map``: the same rules per map field (its presence, the elements of its set, a
+  flag's truth), and a register field holds a value somebody assigned.
+- ``check_delete``: single-writer keys written, deleted with the read's context and
+  written again: what an acknowledged delete (or write) observed never comes back, and
+  an acknowledged write is present unless a later write or delete observed it.
+- ``check_convergence``: every primary replica of a key holds the same values and,
+  with ``copies=True``, exactly those primaries hold a copy (a tombstone counts).
 
-Op conventions the workloads follow (``actors.workloads``):
+Op conventions the workloads follow (``actors.workloads``, ``actors.removal_workloads``):
 
     add    key, value=element                      outcome of the write (after retries)
+    remove key, value=element                      an OR-set remove (it read first)
     read   key, result=[values read]               siblings' values (a set read: their union)
     write  key, value=v, result={"observed": [...]}   observed = the values its read returned
+    delete key, value=unique id, result={"observed": [...]}   a delete with its read's context
     increment  key, value=delta
+    field-update  key, value={"field", "type", "op", "arg"}   a map field update
+    field-remove  key, value={"field", "type"}                a map field remove (it read first)
+    elem-remove   key, value={"field", "type": "set", "element"}   removes an element of a set field
 """
 
 from __future__ import annotations
@@ -289,8 +304,8 @@ def check_counter(history: History | Iterable[Op], final_reads: Mapping[Any, int
     may); ``None`` for a key whose final read failed.
 
     A read above its upper bound counted something never attempted, or an operation
-    twice: always an error (``unexpected``). A final read below its lower bound lost
-    acknowledged increments: an error (``lost``). A read during the run below its lower
+    twice: always an error (``unexpected``; ``over_counted`` counts those that are numbers).
+    A final read below its lower bound lost acknowledged increments: an error (``lost``). A read during the run below its lower
     bound missed increments acknowledged elsewhere: with ``strict`` (a linearizable
     counter, Jepsen's checker) an error, otherwise a ``stale_read`` (an eventually
     consistent counter read from R replicas may). ``valid`` when there is no error and
@@ -303,7 +318,7 @@ def check_counter(history: History | Iterable[Op], final_reads: Mapping[Any, int
     stale: list[float] = []
     acknowledged: dict[Any, int] = {}
     attempted: dict[Any, int] = {}
-    read_count = lost = unexpected = 0
+    read_count = lost = unexpected = over_counted = 0
     end = float("inf")
     for key in keys:
         incs = [op for op in ops if op.kind == "increment" and op.key == key and op.outcome != "fail"]
@@ -327,6 +342,7 @@ def check_counter(history: History | Iterable[Op], final_reads: Mapping[Any, int
                      "at": None if invoked == end else invoked}
             if not isinstance(value, int) or isinstance(value, bool) or value > upper:
                 unexpected += 1
+                over_counted += isinstance(value, int) and not isinstance(value, bool)
                 errors.append(error)
             elif value < lower and kind == "final-read":
                 lost += 1
@@ -344,6 +360,7 @@ def check_counter(history: History | Iterable[Op], final_reads: Mapping[Any, int
         "indeterminate": sum(1 for op in increments if op.outcome == "info"),
         "lost": lost,
         "unexpected": unexpected,
+        "over_counted": over_counted,
         "reads": read_count,
         "stale_reads": len(stale),
         "stale_read_times": sorted(stale),
@@ -366,20 +383,368 @@ def _prefix(points: list[tuple[float, int]]) -> tuple[list[float], list[int], li
     return times + [float("inf")], total, pos, neg
 
 
+# --- removes: OR-sets, maps, deletes --------------------------------------------------------
+
+_RANK = {"fail": 0, "info": 1, "ok": 2}
+
+
+def _best(ops: Iterable[Op]) -> str | None:
+    """The strongest outcome among ``ops`` (ok > info > fail); None for none."""
+    best = None
+    for op in ops:
+        if best is None or _RANK[op.outcome] > _RANK[best]:
+            best = op.outcome
+    return best
+
+
+def _judge(adds: Mapping[Pair, list[Op]], removes: Mapping[Pair, list[Op]], present: set[Pair],
+           read_keys: set[Any]) -> dict[str, list[Pair]]:
+    """The observed-remove rules over ``(key, element)`` pairs (elements are unique: added once).
+
+    - removes that took effect for certain (``ok``): the element is absent, unless an add of it
+      may be concurrent with that remove (indeterminate, or not complete when the remove
+      began): *resurrected* otherwise;
+    - an indeterminate remove (``info``): the element may be present or absent;
+    - no remove took effect: an acknowledged add is present (*lost* otherwise), an add that
+      certainly failed is absent (*failed_present* otherwise), an indeterminate one may be
+      present (*recovered*);
+    - present elements nobody added are *unexpected*.
+    Pairs of keys without a final read are not judged.
+    """
+    out: dict[str, list[Pair]] = {name: [] for name in
+                                  ("lost", "resurrected", "unexpected", "recovered", "failed_present", "removed",
+                                   "kept", "removed_maybe")}
+    for pair in set(adds) | set(removes) | present:
+        if pair[0] not in read_keys:
+            continue
+        pair_adds = adds.get(pair, [])
+        pair_removes = [op for op in removes.get(pair, []) if op.outcome != "fail"]
+        is_present = pair in present
+        if not pair_adds:
+            if is_present:
+                out["unexpected"].append(pair)
+            continue
+        acked_removes = [op for op in pair_removes if op.outcome == "ok"]
+        if acked_removes:
+            first = min(op.invoked_at for op in acked_removes)
+            concurrent = any(op.outcome == "info" or op.completed_at is None or op.completed_at > first
+                             for op in pair_adds)
+            if is_present and not concurrent:
+                out["resurrected"].append(pair)
+            elif not is_present:
+                out["removed"].append(pair)
+            else:
+                out["removed_maybe"].append(pair)
+            continue
+        if pair_removes:                          # only indeterminate removes: either way
+            out["removed_maybe"].append(pair)
+            continue
+        best = _best(pair_adds)
+        if best == "ok":
+            out["kept" if is_present else "lost"].append(pair)
+        elif is_present and best == "info":
+            out["recovered"].append(pair)
+        elif is_present:
+            out["failed_present"].append(pair)
+    return {name: _sorted(pairs) for name, pairs in out.items()}
+
+
+def _removal_verdict(judged: dict[str, list[Pair]], adds: Mapping[Pair, list[Op]], unread: list[Any],
+                     ops: list[Op], kinds: Iterable[str]) -> dict[str, Any]:
+    """The common fields of the OR-set and map verdicts: ``acknowledged`` (``attempted``...) count
+    the operations of ``kinds`` (adds and removes), ``elements`` the elements added."""
+    kinds = set(kinds)
+    changes = [op for op in ops if op.kind in kinds]
+    outcomes = [_best(per_pair) for per_pair in adds.values()]
+    return {
+        "valid": not (judged["lost"] or judged["resurrected"] or judged["unexpected"] or judged["failed_present"]
+                      or unread),
+        "attempted": sum(1 for op in changes if op.outcome != "fail"),
+        "acknowledged": sum(1 for op in changes if op.outcome == "ok"),
+        "indeterminate": sum(1 for op in changes if op.outcome == "info"),
+        "failed": sum(1 for op in changes if op.outcome == "fail"),
+        "elements": {"added": sum(1 for o in outcomes if o == "ok"),
+                     "indeterminate": sum(1 for o in outcomes if o == "info"),
+                     "failed": sum(1 for o in outcomes if o == "fail")},
+        "lost": len(judged["lost"]),
+        "resurrected": len(judged["resurrected"]),
+        "unexpected": len(judged["unexpected"]),
+        "recovered": len(judged["recovered"]),
+        "failed_present": len(judged["failed_present"]),
+        "removed": len(judged["removed"]),
+        "kept": len(judged["kept"]),
+        "removed_maybe": len(judged["removed_maybe"]),
+        "lost_elements": judged["lost"],
+        "resurrected_elements": judged["resurrected"],
+        "unexpected_elements": judged["unexpected"],
+        "recovered_elements": judged["recovered"],
+        "failed_present_elements": judged["failed_present"],
+        "unread_keys": unread,
+    }
+
+
+def _remove_counts(ops: Iterable[Op], kinds: Iterable[str]) -> dict[str, int]:
+    kinds = set(kinds)
+    counts = {"ok": 0, "info": 0, "fail": 0}
+    for op in ops:
+        if op.kind in kinds:
+            counts[op.outcome] += 1
+    return counts
+
+
+def check_orset(history: History | Iterable[Op],
+                final_reads: Mapping[str, Iterable[Element] | None]) -> dict[str, Any]:
+    """An OR-set (``set`` bucket) history: ``add`` and ``remove`` ops of unique elements.
+
+    ``final_reads`` maps each key to the elements its final read returned, ``None`` when that
+    read failed (the run is then invalid: nothing about the key can be confirmed). See
+    ``_judge`` for the rules; ``valid`` when nothing is lost, resurrected, unexpected or
+    present though its add certainly failed, and every key was read. ``removes`` counts the
+    remove ops by outcome (``fail``: refused as ``NotPresent``, or its read failed).
+    """
+    ops = ops_of(history)
+    adds: dict[Pair, list[Op]] = {}
+    removes: dict[Pair, list[Op]] = {}
+    for op in ops:
+        if op.kind == "add":
+            adds.setdefault((op.key, op.value), []).append(op)
+        elif op.kind == "remove":
+            removes.setdefault((op.key, op.value), []).append(op)
+    final = {key: set(values) for key, values in final_reads.items() if values is not None}
+    keys = {key for key, _ in adds} | {key for key, _ in removes} | set(final_reads)
+    unread = sorted((k for k in keys if k not in final), key=str)
+    present = {(key, e) for key, elements in final.items() for e in elements}
+    judged = _judge(adds, removes, present, set(final))
+    stale = _stale_orset_reads(ops, adds, removes)
+    return {**_removal_verdict(judged, adds, unread, ops, ("add", "remove")),
+            "removes": _remove_counts(ops, ("remove",)),
+            "reads": sum(1 for op in ops if op.kind == "read" and op.outcome == "ok"),
+            "stale_reads": len(stale), "stale_read_times": stale}
+
+
+def _stale_orset_reads(ops: list[Op], adds: Mapping[Pair, list[Op]], removes: Mapping[Pair, list[Op]]
+                       ) -> list[float]:
+    """Reads that missed an element acknowledged before they began and not removed (no remove of it
+    invoked) before they ended."""
+    acked: dict[Any, list[tuple[float, Element, float]]] = {}
+    for (key, element), pair_adds in adds.items():
+        done = [op.completed_at for op in pair_adds if op.outcome == "ok" and op.completed_at is not None]
+        if done:
+            removed_at = min((op.invoked_at for op in removes.get((key, element), ()) if op.outcome != "fail"),
+                             default=float("inf"))
+            acked.setdefault(key, []).append((min(done), element, removed_at))
+    stale = []
+    for op in ops:
+        if op.kind != "read" or op.outcome != "ok":
+            continue
+        seen = set(op.result or ())
+        end = op.completed_at if op.completed_at is not None else float("inf")
+        if any(at < op.invoked_at and removed_at > end and element not in seen
+               for at, element, removed_at in acked.get(op.key, ())):
+            stale.append(op.invoked_at)
+    return sorted(stale)
+
+
+def map_fields(value: Any) -> dict[tuple[str, str], Any]:
+    """A map read as ``{(name, type): value}``, from that dict or from ``[[name, type, value], ...]``
+    (the JSON-friendly form the map workload records)."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {(k[0], k[1]): v for k, v in value.items()}
+    return {(name, ftype): v for name, ftype, v in value}
+
+
+def check_map(history: History | Iterable[Op], final_reads: Mapping[str, Any]) -> dict[str, Any]:
+    """A map bucket history: field updates and removes, the OR rules per field (see ``_judge``).
+
+    Ops: ``field-update`` (value ``{"field", "type", "op", "arg"}``; ops ``assign`` for a
+    register, ``add`` for a set, ``enable`` for a flag), ``field-remove`` (``{"field", "type"}``)
+    and ``elem-remove`` (``{"field", "type": "set", "element"}``). Judged as elements:
+
+    - ``("field", name, type)``: the field's presence; every update of it (an element remove
+      inside a set field too: it is an update of the map) adds it, a field remove removes it;
+    - ``("elem", name, e)``: ``e`` in the set field ``name``; added by ``add``, removed by an
+      ``elem-remove`` of it or a remove of the whole field;
+    - ``("flag", name)``: the flag field is present and true; added by ``enable``, removed by
+      the field's remove.
+
+    A register field that is present must hold a value some ``assign`` attempted (else
+    *unexpected*; one that certainly failed: *failed_present*). Which of a register's values
+    wins is not judged (concurrent assignments resolve by timestamp). ``final_reads`` map a key
+    to its map (``map_fields`` forms), ``None`` when the read failed.
+    """
+    ops = ops_of(history)
+    adds: dict[Pair, list[Op]] = {}
+    removes: dict[Pair, list[Op]] = {}
+    assigned: dict[tuple[Any, str], dict[Any, list[Op]]] = {}
+    set_elements: dict[tuple[Any, str], set[Any]] = {}
+    for op in ops:
+        if op.kind not in ("field-update", "field-remove", "elem-remove") or not isinstance(op.value, Mapping):
+            continue
+        name, ftype = op.value["field"], op.value["type"]
+        if op.kind in ("field-update", "elem-remove"):
+            adds.setdefault((op.key, ("field", name, ftype)), []).append(op)
+        if op.kind == "field-update":
+            verb, arg = op.value.get("op"), op.value.get("arg")
+            if ftype == "set" and verb == "add":
+                adds.setdefault((op.key, ("elem", name, arg)), []).append(op)
+                set_elements.setdefault((op.key, name), set()).add(arg)
+            elif ftype == "flag" and verb == "enable":
+                adds.setdefault((op.key, ("flag", name)), []).append(op)
+            elif ftype == "register" and verb == "assign":
+                assigned.setdefault((op.key, name), {}).setdefault(arg, []).append(op)
+        elif op.kind == "elem-remove":
+            removes.setdefault((op.key, ("elem", name, op.value["element"])), []).append(op)
+        else:        # the elements added before it (ops are in invocation order): not those added later
+            removes.setdefault((op.key, ("field", name, ftype)), []).append(op)
+            if ftype == "set":
+                for element in set_elements.get((op.key, name), ()):
+                    removes.setdefault((op.key, ("elem", name, element)), []).append(op)
+            elif ftype == "flag":
+                removes.setdefault((op.key, ("flag", name)), []).append(op)
+    final = {key: map_fields(value) for key, value in final_reads.items() if value is not None}
+    keys = {key for key, _ in adds} | {key for key, _ in removes} | set(final_reads)
+    unread = sorted((k for k in keys if k not in final), key=str)
+    present: set[Pair] = set()
+    bad_values: list[Pair] = []
+    failed_values: list[Pair] = []
+    for key, fields in final.items():
+        for (name, ftype), value in fields.items():
+            present.add((key, ("field", name, ftype)))
+            if ftype == "set":
+                present.update((key, ("elem", name, e)) for e in value)
+            elif ftype == "flag" and value:
+                present.add((key, ("flag", name)))
+            elif ftype == "register":
+                tried = assigned.get((key, name), {})
+                if value not in tried:
+                    bad_values.append((key, (name, value)))
+                elif _best(tried[value]) == "fail":
+                    failed_values.append((key, (name, value)))
+    judged = _judge(adds, removes, present, set(final))
+    judged["unexpected"] = _sorted(judged["unexpected"] + bad_values)
+    judged["failed_present"] = _sorted(judged["failed_present"] + failed_values)
+    verdict = _removal_verdict(judged, adds, unread, ops, ("field-update", "field-remove", "elem-remove"))
+    verdict["fields"] = sum(1 for _, element in adds if element[0] == "field")
+    verdict["removes"] = _remove_counts(ops, ("field-remove", "elem-remove"))
+    verdict["reads"] = sum(1 for op in ops if op.kind == "read" and op.outcome == "ok")
+    verdict["stale_reads"] = 0
+    verdict["stale_read_times"] = []
+    return verdict
+
+
+def check_delete(history: History | Iterable[Op],
+                 final_reads: Mapping[str, Iterable[Any] | None]) -> dict[str, Any]:
+    """Single-writer keys written (``write``), deleted (``delete``) with a read's context, written again.
+
+    Every write and delete carries ``result={"observed": [...]}``, the values the read it was
+    based on returned; a delete's ``value`` is a unique id. Observation is transitive (a write
+    that observed v2, which observed v1, replaced both).
+
+    - *resurrected*: a value in the final read that an acknowledged write or delete observed:
+      it replaced that value, which must never come back.
+    - *lost*: an acknowledged write that the final read neither holds nor covers (no value in
+      it observed the write) and that no delete which may have taken effect (``ok``/``info``)
+      observed.
+    - *unexpected*: a final value nobody wrote; *failed_present*: one whose write certainly failed.
+    - *recovered*: an indeterminate write that is in the final read (or covered by it).
+    """
+    ops = ops_of(history)
+    by_key: dict[Any, list[Op]] = {}
+    for op in ops:
+        if op.kind in ("write", "delete"):
+            by_key.setdefault(op.key, []).append(op)
+    final = {key: list(values) for key, values in final_reads.items() if values is not None}
+    unread = sorted((k for k in set(by_key) | set(final_reads) if k not in final), key=str)
+    lost: list[Pair] = []
+    resurrected: list[Pair] = []
+    unexpected: list[Pair] = []
+    failed_present: list[Pair] = []
+    recovered: list[Pair] = []
+    writers: dict[Any, int] = {}
+    for key, per_key in by_key.items():
+        per_key.sort(key=lambda op: op.invoked_at)
+        writers[key] = len({op.process for op in per_key})
+        index = {op.value: i for i, op in enumerate(per_key)}
+        ancestors = _ancestors(per_key, index)
+        if key not in final:
+            continue
+        values = final[key]
+        unexpected += [(key, v) for v in values if v not in index or per_key[index[v]].kind != "write"]
+        failed_present += [(key, v) for v in values if v in index and per_key[index[v]].outcome == "fail"]
+        covered = _cover(values, index, ancestors)
+        replaced = 0                              # values some acknowledged op observed
+        deleted = 0                               # values a delete that may have taken effect observed
+        for i, op in enumerate(per_key):
+            strict = ancestors[i] & ~(1 << i)
+            if op.outcome == "ok":
+                replaced |= strict
+            if op.kind == "delete" and op.outcome != "fail":
+                deleted |= strict
+        resurrected += [(key, v) for v in values if v in index and replaced >> index[v] & 1]
+        for i, op in enumerate(per_key):
+            if op.kind != "write":
+                continue
+            if op.outcome == "ok" and not (covered | deleted) >> i & 1:
+                lost.append((key, op.value))
+            elif op.outcome == "info" and covered >> i & 1:
+                recovered.append((key, op.value))
+    for key, values in final.items():
+        if key not in by_key:
+            unexpected += [(key, v) for v in values]
+    writes = [op for per_key in by_key.values() for op in per_key if op.kind == "write"]
+    deletes = [op for per_key in by_key.values() for op in per_key if op.kind == "delete"]
+    return {
+        "valid": not (lost or resurrected or unexpected or failed_present or unread),
+        "attempted": sum(1 for op in writes + deletes if op.outcome != "fail"),
+        "acknowledged": sum(1 for op in writes + deletes if op.outcome == "ok"),
+        "indeterminate": sum(1 for op in writes + deletes if op.outcome == "info"),
+        "writes": {o: sum(1 for op in writes if op.outcome == o) for o in ("ok", "info", "fail")},
+        "deletes": {o: sum(1 for op in deletes if op.outcome == o) for o in ("ok", "info", "fail")},
+        "lost": len(lost),
+        "resurrected": len(resurrected),
+        "unexpected": len(unexpected),
+        "recovered": len(recovered),
+        "failed_present": len(failed_present),
+        "lost_writes": _sorted(lost),
+        "resurrected_values": _sorted(resurrected),
+        "unexpected_values": _sorted(unexpected),
+        "recovered_values": _sorted(recovered),
+        "failed_present_values": _sorted(failed_present),
+        "multi_writer_keys": sorted((k for k, count in writers.items() if count > 1), key=str),
+        "deleted_keys": sorted((k for k, v in final.items() if not v and k in by_key), key=str),
+        "unread_keys": unread,
+        "reads": sum(1 for op in ops if op.kind == "read" and op.outcome == "ok"),
+        "stale_reads": 0,
+        "stale_read_times": [],
+    }
+
+
 # --- convergence -----------------------------------------------------------------------------
 
-def check_convergence(inspections: Mapping[str, Mapping[str, Any]],
-                      primaries: Mapping[str, Iterable[str]]) -> dict[str, Any]:
-    """Do all primary replicas of every key hold identical data?
+def check_convergence(inspections: Mapping[str, Mapping[str, Any]], primaries: Mapping[str, Iterable[str]],
+                      *, copies: bool = False) -> dict[str, Any]:
+    """Do all primary replicas of every key hold identical data (and, with ``copies``, only they)?
 
     ``inspections`` maps a node to its own objects by key (what ``LocalCluster.inspect``
     returns: a ``LocalObject`` or ``None`` when the node holds nothing); ``primaries`` maps
-    each key to its primary replicas. Two copies are identical when their sorted live
-    values and their tombstone flag are equal. A primary missing from ``inspections``
-    (it could not be asked) counts as divergent.
+    each key to its primary replicas (as many as the key's bucket n, or the members when
+    fewer). Two copies are identical when their live values (sets and maps compared by
+    content) and their tombstone flag are equal. A primary missing from ``inspections`` (it
+    could not be asked) counts as divergent.
+
+    With ``copies=True`` the inspections must cover every member: a key's copies are the
+    nodes that hold any object for it (a tombstone counts), and they must be exactly its
+    primaries, or nobody (never written, or a reaped tombstone). ``wrong_copies`` names the
+    keys that are held elsewhere too (a fallback that has not handed off, a copy handoff
+    should have dropped) or by only some primaries; ``converged`` needs exact copies then.
     """
     divergent: dict[str, dict[str, Any]] = {}
+    wrong: dict[str, dict[str, Any]] = {}
+    counts: dict[int, int] = {}
     for key, nodes in primaries.items():
+        nodes = list(nodes)
         states: dict[str, Any] = {}
         for node in nodes:
             per_node = inspections.get(node)
@@ -389,18 +754,41 @@ def check_convergence(inspections: Mapping[str, Mapping[str, Any]],
                 states[node] = _state(per_node[key])
         if len(set(states.values())) > 1 or "unknown" in states.values():
             divergent[key] = {node: _describe(state) for node, state in states.items()}
-    return {
-        "converged": not divergent,
+        if copies:
+            holders = sorted(node for node, per_node in inspections.items() if per_node.get(key) is not None)
+            counts[len(holders)] = counts.get(len(holders), 0) + 1
+            if holders and set(holders) != set(nodes):
+                wrong[key] = {"holders": holders, "primaries": sorted(nodes), "copies": len(holders),
+                              "expected": len(nodes)}
+    out: dict[str, Any] = {
+        "converged": not divergent and not wrong,
         "keys": len(primaries),
         "divergent": len(divergent),
         "divergent_keys": dict(sorted(divergent.items())),
     }
+    if copies:
+        out.update({"copies_exact": not wrong, "copy_failures": len(wrong), "wrong_copies": dict(sorted(wrong.items())),
+                    "copy_counts": {str(k): v for k, v in sorted(counts.items())}})
+    return out
+
+
+def canonical(value: Any) -> Any:
+    """A hashable, order-free form of a stored value: sets and maps compare by content."""
+    if isinstance(value, (set, frozenset)):
+        return ("set", tuple(sorted((canonical(v) for v in value), key=repr)))
+    if isinstance(value, Mapping):
+        return ("map", tuple(sorted(((canonical(k), canonical(v)) for k, v in value.items()), key=repr)))
+    if isinstance(value, (list, tuple)):
+        return tuple(canonical(v) for v in value)
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return value
 
 
 def _state(obj: Any) -> Any:
     if obj is None:
         return None
-    return tuple(sorted(obj.values)), bool(obj.tombstone)
+    return tuple(sorted((canonical(v) for v in obj.values), key=repr)), bool(obj.tombstone)
 
 
 def _describe(state: Any) -> Any:
@@ -411,4 +799,13 @@ def _describe(state: Any) -> Any:
     return {"values": len(values), "tombstone": tombstone, "digest": digest}
 
 
-__all__ = ["check_convergence", "check_counter", "check_register", "check_set"]
+def check_linearizable(history: History | Iterable[Op], time_limit: float = 30.0) -> dict[str, Any]:
+    """Per key, is the history of serial reads, writes, compare-and-sets and claims linearizable?
+    (``actors.serial_workloads.check_linearizable``: the Wing–Gong/Lowe search over a register.)"""
+    from .serial_workloads import check_linearizable as check
+
+    return check(history, time_limit)
+
+
+__all__ = ["canonical", "check_convergence", "check_counter", "check_delete", "check_linearizable", "check_map",
+           "check_orset", "check_register", "check_set", "map_fields"]

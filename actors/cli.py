@@ -5,10 +5,15 @@
     leaderless put KEY VALUE [--w W] [--blind]
     leaderless get KEY [--r R] [--json]
     leaderless delete KEY [--w W]
+    leaderless node start --name a1 --listen 10.0.0.1:7001 --data-dir DIR --n 3 --r 2 --w 2   # first host
+    leaderless node start --name a2 --listen 10.0.0.2:7001 --data-dir DIR --join 10.0.0.1:7001   # the others
+    leaderless --seeds 10.0.0.1:7001 --secret FILE put KEY VALUE                # from any machine
 
 Every command finds the cluster through its data dir (``--data-dir``, or the
-``LEADERLESS_DATA_DIR`` environment variable, default ``./leaderless-data``). Errors are
-one line on stderr and a non-zero exit code, never a traceback.
+``LEADERLESS_DATA_DIR`` environment variable, default ``./leaderless-data``), or through
+seeds and a copy of the cluster's secret (``--seeds``/``--secret`` before the command, or
+``LEADERLESS_SEEDS``/``LEADERLESS_SECRET``). Errors are one line on stderr and a non-zero
+exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Any
 
 import click
 
+from storage.store import StoreError
+
 from .client import Client, connect
 from .cluster import LocalCluster, free_ports, terminate_as_interrupt
-from .config import ClusterConfig, load_secret
+from .config import ClusterConfig
 from .console import result_console
 from .errors import LeaderlessError
 from .node import run as node_run
@@ -55,9 +62,22 @@ def _quorum(value: str | None) -> int | str | None:
 
 
 def _client(data_dir: str) -> Client:
+    """A client through the global ``--seeds``/``--secret`` when given, else through ``data_dir``."""
+    ctx = click.get_current_context(silent=True)
+    options = (ctx.find_root().obj if ctx is not None else None) or {}
+    seeds, secret = options.get("seeds"), options.get("secret")
+    if seeds:
+        if not secret:
+            if not os.path.exists(os.path.join(data_dir, "secret")):
+                raise click.ClickException("--seeds needs --secret FILE (a copy of the cluster's secret file), or "
+                                           "LEADERLESS_SECRET")
+            return connect(data_dir, seeds=seeds)
+        return connect(seeds=seeds, secret=secret)
+    if secret:
+        raise click.ClickException("--secret goes with --seeds HOST:PORT[,HOST:PORT...] (or LEADERLESS_SEEDS)")
     if not os.path.isdir(data_dir):
         raise click.ClickException(f"no data dir at {data_dir}: start a cluster with `leaderless cluster up` "
-                                   "or pass --data-dir")
+                                   "or pass --data-dir, or --seeds and --secret")
     return connect(data_dir)
 
 
@@ -66,10 +86,19 @@ def _show(value: bytes) -> str:
 
 
 @click.group(cls=_Group)
-@click.option("--log-level", default="WARNING", show_default=True, help="Logging level for this command.")
-def main(log_level: str) -> None:
+@click.option("--log-level", default=None, help="Logging level for this command [default: WARNING; node start: "
+              "INFO].")
+@click.option("--seeds", envvar="LEADERLESS_SEEDS", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+              help="Reach the cluster through these members (any that answers) instead of a data dir; needs "
+                   "--secret. Env: LEADERLESS_SEEDS.")
+@click.option("--secret", envvar="LEADERLESS_SECRET", default=None, type=click.Path(dir_okay=False),
+              help="A copy of the cluster's secret file (mode 0600), with --seeds. Env: LEADERLESS_SECRET.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, seeds: str | None, secret: str | None) -> None:
     """leaderless: a Dynamo-style leaderless key-value store."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"seeds": seeds, "secret": secret, "log_level": log_level}
+    if ctx.invoked_subcommand != "node":        # node start sets up its own log, with timestamps
+        logging.basicConfig(level=(log_level or "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.group()
@@ -129,12 +158,13 @@ def _table(status: dict[str, dict[str, Any]]) -> Any:
         table.add_column(column, justify="left" if column in ("node", "address", "state") else "right")
     for name, s in status.items():
         if not s.get("up"):
-            table.add_row(name, "", "[red]down[/red]", *[""] * 10)
+            address = "{}:{}".format(*s["address"]) if s.get("address") else ""
+            table.add_row(name, address, f"[red]{s.get('state', 'down')}[/red]", *[""] * 10)
             continue
         counts = s.get("counts", {})
         members = s.get("members", {})
         failed = sum(v for k, v in counts.items() if k.endswith("quorum_failed"))
-        table.add_row(name, "%s:%s" % tuple(s["address"]), "[green]up[/green]",
+        table.add_row(name, "%s:%s" % tuple(s["address"]), f"[green]{members.get(name, 'up')}[/green]",
                       f"{sum(1 for v in members.values() if v == 'up')}/{len(members)}",
                       f"v{s.get('ring_version', 0)}", str(s.get("keys", 0)), str(s.get("hints_pending", 0)),
                       str(s.get("handoff_pending", 0)), str(counts.get("put.ok", 0)), str(counts.get("get.ok", 0)),
@@ -202,10 +232,11 @@ def cluster_leave(node: str, wait: bool, timeout: float, force: bool, data_dir: 
             if time.monotonic() > deadline:
                 raise LeaderlessError(f"{node} did not finish its handoff within {timeout:.0f}s")
             time.sleep(1.0)
-    if wait:
+    if wait and os.path.exists(os.path.join(data_dir, "cluster.json")):    # not so with --seeds from elsewhere
         config = ClusterConfig.load(data_dir)
-        config.nodes.pop(node, None)
-        config.save(data_dir)
+        if node in config.nodes and len(config.nodes) > 1:
+            config.nodes.pop(node, None)
+            config.save(data_dir)
     click.echo(f"{node} left" if wait else f"{node} is leaving")
 
 
@@ -215,42 +246,42 @@ def node() -> None:
 
 
 @node.command("start")
-@click.option("--name", required=True, help="This node's name.")
-@click.option("--listen", default=None, help="HOST:PORT to listen on (default: from cluster.json, or a free port).")
-@click.option("--join", "seed", default=None, help="HOST:PORT of any member: fetch the cluster's settings from it "
-              "and join (DATA_DIR must hold a copy of the cluster's secret file).")
+@click.option("--name", required=True, help="This node's name (unique in the cluster).")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Address to listen on (a new node: required, except that --join alone picks a free port on "
+                   "127.0.0.1; a restart: the saved one, a new one moves the node).")
+@click.option("--advertise", default=None, metavar="HOST:PORT",
+              help="Address peers and clients use, when not the --listen one (required with --listen 0.0.0.0:PORT).")
+@click.option("--join", "seeds", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+              help="Members to join through (any that answers); DATA_DIR must hold a copy of the cluster's secret "
+                   "file. Without it, and without a cluster in DATA_DIR, a new cluster starts.")
+@click.option("--n", "n_val", default=None, type=click.IntRange(1, 64),
+              help="A new cluster's replicas per key [default: 3]; later: must match the cluster's.")
+@click.option("--r", "r_val", default=None, help="A new cluster's default read quorum [default: 2].")
+@click.option("--w", "w_val", default=None, help="A new cluster's default write quorum [default: 2].")
 @data_dir_option
-def node_start(name: str, listen: str | None, seed: str | None, data_dir: str) -> None:
-    """Start node NAME here; with --join, a new node joins an existing cluster."""
-    if seed is None:
-        config = ClusterConfig.load(data_dir)
-        if name not in config.nodes:
-            raise click.BadParameter(f"{name} is not in {data_dir}/cluster.json; use --join HOST:PORT to add it")
-        if listen is not None:
-            config.nodes[name] = _address(listen, "--listen")
-            config.save(data_dir)
-        sys.exit(node_run(name, data_dir))
-    secret = load_secret(data_dir)
-    with Client({"seed": _address(seed, "--join")}, secret) as client:
-        body = client.cluster_config("seed")
-    body["nodes"] = {n: tuple(a) for n, a in body["nodes"].items()}
-    config = ClusterConfig(**body)
-    if name in config.nodes and name in config.initial_ring_nodes():
-        raise click.BadParameter(f"{name} is already a member; pick another --name", param_hint="--name")
-    if listen is not None:
-        config.nodes[name] = _address(listen, "--listen")
-    else:
-        config.nodes[name] = ("127.0.0.1", free_ports(1)[0])
-    config.save(data_dir)
-    click.echo(f"{name} listening on %s:%d, joining through {seed}" % config.nodes[name], err=True)
-    sys.exit(node_run(name, data_dir, join=True))
+@click.pass_context
+def node_start(ctx: click.Context, name: str, listen: str | None, advertise: str | None, seeds: str | None,
+               n_val: int | None, r_val: str | None, w_val: str | None, data_dir: str) -> None:
+    """Run node NAME here, in the foreground: start a new cluster, join one (--join), or restart.
 
+    The same command restarts the node, whether or not its seeds answer (it uses the members and
+    addresses it saved). Bad input is one line and exit code 1, with nothing written to DATA_DIR.
+    """
+    from .hosts import plan_start
 
-def _address(text: str, option: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint=option)
-    return host, int(port)
+    level = ((ctx.find_root().obj or {}).get("log_level") or "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    plan = plan_start(name, data_dir, listen=listen, advertise=advertise, join=seeds, n=n_val,
+                      r=_quorum(r_val), w=_quorum(w_val))
+    plan.commit()
+    click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {plan.summary()}; Ctrl-C stops it", err=True)
+    try:
+        code = node_run(name, data_dir, join=plan.join, listen=plan.listen)
+    except StoreError as exc:           # a store that cannot open (full disk, permissions): one line
+        raise LeaderlessError(f"node {name}: {exc}") from None
+    sys.exit(code)
 
 
 BUCKET_TYPES = ("siblings", "lww", "counter", "set", "map", "register", "flag")
@@ -296,12 +327,15 @@ def bucket_show(name: str, as_json: bool, data_dir: str) -> None:
 @click.argument("value")
 @click.option("--w", "w_val", default=None, help="Write quorum (int, one, quorum, all).")
 @click.option("--blind", is_flag=True, help="Write without reading the context first (makes a sibling).")
+@click.option("--if-absent", is_flag=True, help="Only if KEY holds nothing (else: error, exit 1).")
+@click.option("--serial", is_flag=True, help="Linearizable: by Paxos among KEY's primaries (with --if-absent, "
+              "exactly one of racing writers wins).")
 @data_dir_option
-def put(key: str, value: str, w_val: str | None, blind: bool, data_dir: str) -> None:
+def put(key: str, value: str, w_val: str | None, blind: bool, if_absent: bool, serial: bool, data_dir: str) -> None:
     """Write VALUE to KEY (replacing what a read sees, unless --blind)."""
     with _client(data_dir) as client:
-        context = () if blind else client.get(key).context
-        client.put(key, value.encode(), context=context, w=_quorum(w_val))
+        context = () if blind or if_absent or serial else client.get(key).context
+        client.put(key, value.encode(), context=context, w=_quorum(w_val), if_absent=if_absent, serial=serial)
     click.echo("ok")
 
 
@@ -309,11 +343,12 @@ def put(key: str, value: str, w_val: str | None, blind: bool, data_dir: str) -> 
 @click.argument("key")
 @click.option("--r", "r_val", default=None, help="Read quorum (int, one, quorum, all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--serial", is_flag=True, help="A linearizable read (a Paxos round among KEY's primaries).")
 @data_dir_option
-def get(key: str, r_val: str | None, as_json: bool, data_dir: str) -> None:
+def get(key: str, r_val: str | None, as_json: bool, serial: bool, data_dir: str) -> None:
     """Read KEY and print every sibling, one per line."""
     with _client(data_dir) as client:
-        result = client.get(key, r=_quorum(r_val))
+        result = client.get(key, r=_quorum(r_val), serial=serial)
     if as_json:
         click.echo(json.dumps({"key": key, "values": [_show(v) for v in result.values],
                                "context": [list(pair) for pair in result.context]}))
@@ -342,15 +377,19 @@ def delete(key: str, w_val: str | None, data_dir: str) -> None:
 @click.option("--nodes", default=5, show_default=True, type=int, help="Node processes (at least 3).")
 @click.option("--nemesis", default="partition,kill,slow", show_default=True,
               help="Comma-separated faults: partition (halves, isolate, bridge, ring), kill, pause, slow, loss, "
-                   "duplicate, reorder, degrade, clock, all.")
-@click.option("--workload", default="set", show_default=True, help="set, register or counter.")
+                   "duplicate, reorder, degrade, clock, join, leave, membership, all.")
+@click.option("--workload", default="set", show_default=True,
+              help="set, orset, map, register, counter or delete.")
 @click.option("--mode", default="siblings", show_default=True,
-              help="Bucket type the set and register workloads write to: siblings or lww (lossy: measured).")
+              help="Bucket type the set, register and delete workloads write to: siblings or lww (lossy: measured).")
 @click.option("--time", "time_s", default=60.0, show_default=True, type=float, help="Seconds of faults and load.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Seed of the fault schedule and workload.")
 @click.option("--interval", default=None, type=float, help="Seconds per fault and per quiet spell "
-              "[default: time/12, within 1..5].")
-@click.option("--n", "n_val", default=3, show_default=True, type=int, help="Replicas per key.")
+              "[default: time/12, within 3..5, so that a fault outlasts failure detection].")
+@click.option("--n", "n_val", default=3, show_default=True, type=int, help="Replicas per key (the cluster's n).")
+@click.option("--bucket-n", "bucket_n", default=None, type=int,
+              help="n of a bucket of the workload's own (its r and w are --r and --w, capped at it) "
+                   "[default: the cluster's n].")
 @click.option("--r", "r_val", default="2", show_default=True, help="Read quorum of the workload.")
 @click.option("--w", "w_val", default="2", show_default=True, help="Write quorum of the workload.")
 @click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
@@ -359,7 +398,8 @@ def delete(key: str, w_val: str | None, data_dir: str) -> None:
               help="A fresh directory for the cluster (kept, with every node's log) [default: a temporary one].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
 def chaos(nodes: int, nemesis: str, workload: str, mode: str, time_s: float, seed: int, interval: float | None,
-          n_val: int, r_val: str, w_val: str, history_path: str | None, chaos_dir: str | None, as_json: bool) -> None:
+          n_val: int, bucket_n: int | None, r_val: str, w_val: str, history_path: str | None, chaos_dir: str | None,
+          as_json: bool) -> None:
     """Run a fresh cluster under a workload and a nemesis, then check nothing acknowledged was lost.
 
     Exit code 0 only when the history is valid and every replica converged.
@@ -369,13 +409,13 @@ def chaos(nodes: int, nemesis: str, workload: str, mode: str, time_s: float, see
     from .chaos import OptionError, check_options, one_line_usage_error, passed, run_chaos, verdict_table
 
     try:
-        check_options(nodes, nemesis, workload, time_s, n_val, interval, mode)
+        check_options(nodes, nemesis, workload, time_s, n_val, interval, mode, bucket_n)
     except OptionError as exc:
         raise one_line_usage_error(str(exc), f"'--{exc.option}'") from None
     progress_console = Console(stderr=True, highlight=False)
     with terminate_as_interrupt():
         result = run_chaos(nodes=nodes, nemesis=nemesis, workload=workload, mode=mode, time_s=time_s, seed=seed, n=n_val,
-                           r=_quorum(r_val) or r_val, w=_quorum(w_val) or w_val, interval=interval,
+                           bucket_n=bucket_n, r=_quorum(r_val) or r_val, w=_quorum(w_val) or w_val, interval=interval,
                            progress=lambda line: progress_console.print(line, markup=False, soft_wrap=True),
                            history_path=history_path, data_dir=chaos_dir)
     if as_json:
@@ -399,6 +439,10 @@ def bench(**options: Any) -> None:
     """
     from bench.command import run
 
+    given = click.get_current_context().find_root().obj or {}     # `leaderless --seeds ... --secret ... bench`
+    for option in ("seeds", "secret"):
+        if options.get(option) is None and given.get(option):
+            options[option] = given[option]
     run(**options)
 
 

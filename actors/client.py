@@ -1,6 +1,7 @@
 """Client: the API workload scripts use.
 
     client = connect("./leaderless-data")          # or cluster.client()
+    client = connect(seeds=["10.0.0.1:7001"], secret="/etc/leaderless/secret")   # a cluster across hosts
     ctx = client.put("cart:priya", b"milk")
     obj = client.get("cart:priya")                  # obj.values (siblings), obj.context
     client.put("cart:priya", b"milk,eggs", context=obj.context)
@@ -16,6 +17,12 @@ is done by its deadline (the request's timeout plus ``REPLY_MARGIN``; without on
 nodes' own timeout from the cluster's configuration plus that margin, else ``DEFAULT_WAIT``):
 with the reply, or with ``RequestTimeout`` when a node (paused, cut off) never answers, so
 done callbacks always run. A client is safe to share between threads.
+
+A client follows the membership: every ``REFRESH_S`` seconds, and soon after a connection
+to a node fails, it asks one node it is connected to for every member's address and state
+(``MembersRequest``, on its I/O thread, never waiting), and from then on sends to nodes that
+joined, not to nodes that left, and to a node that moved at its new address. A node that
+could not be reached, or that the cluster sees down, is tried after the others.
 """
 
 from __future__ import annotations
@@ -23,25 +30,27 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import queue
 import socket
 import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from .config import ClusterConfig, load_secret
+from .config import ClusterConfig, load_secret, parse_seeds, read_secret_file
 from .errors import (AuthenticationFailed, ClusterUnavailable, ConnectionError_, InvalidRequest, LeaderlessError,
                      ProtocolError, QuorumFailed, RequestTimeout)
 from .ioloop import shared_loop
 from .limits import check_key, check_value
 from .messages import (BucketCreate, BucketInfo, ClientGet, ClientPut, ClientUpdate, ConfigRequest, GetResult, Hello,
-                       InspectRequest, LocalObject, Reply, RingChange, SetFaults, StatusRequest)
-from .transport import Connection
+                       InspectRequest, LocalObject, MembersRequest, Reply, RingChange, SetFaults, StatusRequest)
+from .transport import Connection, keep_alive
 from .wire import FrameReader, client_handshake, encode
 
 if TYPE_CHECKING:
@@ -55,6 +64,9 @@ REPLY_MARGIN = 2.0      # seconds a blocking call waits beyond the server-side r
 DEFAULT_WAIT = 30.0     # seconds a blocking call waits when the node's own default timeout applies
 SWEEP_S = 0.25          # how often a connection with requests out fails the overdue ones
 REOPEN_PAUSE = 1.0      # seconds between background attempts to reopen one node's connection
+REFRESH_S = 5.0         # how often a client asks a node it is connected to for the members (joins, leaves, moves)
+REFRESH_SOON_S = 1.0    # after a connection fails, the members are asked for again, at most this often
+AVOID_S = 3.0           # a node that could not be connected to is tried after the others for this long
 
 
 class Future(pykka.ThreadingFuture):
@@ -149,9 +161,11 @@ def _fail(future: Future, error: BaseException) -> None:
 class NodeConnection:
     """One pipelined connection to one node."""
 
-    def __init__(self, name: str, address: tuple[str, int], secret: bytes) -> None:
+    def __init__(self, name: str, address: tuple[str, int], secret: bytes,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.name = name
         self.address = address
+        self._closed_hook = on_close
         self._pending: dict[int, Future] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -163,6 +177,7 @@ class NodeConnection:
             raise ClusterUnavailable(f"cannot reach node {name} at {address[0]}:{address[1]}: {exc}") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keep_alive(sock)            # a node whose host is cut off fails its requests within seconds
             client_handshake(sock, secret)
         except OSError as exc:
             sock.close()
@@ -234,6 +249,8 @@ class NodeConnection:
         for future in pending.values():
             _fail(future, ConnectionError_(f"connection to {self.name} closed before the reply "
                                            "(the request may or may not have been applied)"))
+        if self._closed_hook is not None:
+            self._closed_hook()
 
 
 class Client:
@@ -243,10 +260,14 @@ class Client:
     ``node_timeout``: that default, the cluster configuration's ``timeout`` (``connect`` and
     ``LocalCluster.client`` pass it); a request sent without a timeout is waited for that
     long plus ``REPLY_MARGIN``, or ``DEFAULT_WAIT`` when it is not known.
+    ``follow``: keep the members current (see the module docstring); a client given ``nodes``
+    keeps to those (their addresses still follow), others use every member.
+    ``seeds``: addresses to learn the members from again when no known member can be reached.
     """
 
     def __init__(self, addresses: Mapping[str, tuple[str, int]], secret: bytes, *, timeout: float | None = None,
-                 nodes: Iterable[str] | None = None, node_timeout: float | None = None) -> None:
+                 nodes: Iterable[str] | None = None, node_timeout: float | None = None, follow: bool = True,
+                 seeds: Iterable[tuple[str, int]] = ()) -> None:
         chosen = list(nodes) if nodes is not None else sorted(addresses)
         unknown = [n for n in chosen if n not in addresses]
         if unknown:
@@ -265,24 +286,43 @@ class Client:
         self._reopening: dict[str, float] = {}     # node -> when a background reopen may start again
         self._reopen_lock = threading.Lock()        # not ``_lock``: a connect holds that one
         self._closes = 0                            # how many times ``close`` ran
+        self._chosen = nodes is not None            # the caller picked the nodes: members that join are not added
+        self._seeds = list(seeds)
+        self._states: dict[str, str] = {}           # member -> state, as the last node asked saw it
+        self._ring: tuple[int, Any] = (-1, None)    # (version, data) of the newest ring a node told of
+        self._incarnations: dict[str, int] = {}     # member -> the newest incarnation a node told of
+        self._avoid: dict[str, float] = {}          # node -> until when it is tried after the others
+        self._members_lock = threading.Lock()
+        self._asking = False                        # a MembersRequest is out
+        self._asked_at = -math.inf                  # when the members were last asked for
+        self._learnt_at = -math.inf                 # when an answer last came in
+        self._soon_at = -math.inf                   # no failure-triggered ask before this
+        self._rediscover_at = -math.inf             # no new look at the seeds before this
+        if follow:
+            _follow(weakref.ref(self))
 
     # --- key-value API (contract) --------------------------------------------------------
 
     def put(self, key: str, value: bytes, context: Any = None, *, w: int | str | None = None,
             timeout: float | None = None, bucket: str = "", if_context: Any = None,
-            if_absent: bool = False) -> tuple:
+            if_absent: bool = False, serial: bool = False) -> tuple:
         """Write ``value`` after ``context``; returns the new causal context.
 
         ``if_context=ctx`` / ``if_absent=True`` make it conditional: ``VersionMismatch`` when the
         key's replica that checks it holds something else (not linearizable: see README).
+        ``serial=True``: linearizable, by Paxos among the key's primaries (a majority must answer;
+        ``w`` is not used); ``QuorumFailed`` and ``RequestTimeout`` then mean the write may or may not
+        take effect, ``VersionMismatch`` that it certainly did not (it carries the current values).
         """
         return self._wait(self.put_async(key, value, context, w=w, timeout=timeout, bucket=bucket,
-                                         if_context=if_context, if_absent=if_absent), timeout)
+                                         if_context=if_context, if_absent=if_absent, serial=serial), timeout)
 
     def get(self, key: str, *, r: int | str | None = None, timeout: float | None = None,
-            bucket: str = "") -> GetResult:
-        """Read every sibling of ``key``: ``.values`` ([] when absent or deleted) and ``.context``."""
-        return self._wait(self.get_async(key, r=r, timeout=timeout, bucket=bucket), timeout)
+            bucket: str = "", serial: bool = False) -> GetResult:
+        """Read every sibling of ``key``: ``.values`` ([] when absent or deleted) and ``.context``.
+
+        ``serial=True``: a linearizable read (a Paxos round among the key's primaries; ``r`` is not used)."""
+        return self._wait(self.get_async(key, r=r, timeout=timeout, bucket=bucket, serial=serial), timeout)
 
     def delete(self, key: str, context: Any = None, *, w: int | str | None = None,
                timeout: float | None = None, bucket: str = "") -> tuple:
@@ -291,7 +331,7 @@ class Client:
 
     def put_async(self, key: str, value: bytes, context: Any = None, *, w: int | str | None = None,
                   timeout: float | None = None, bucket: str = "", if_context: Any = None,
-                  if_absent: bool = False) -> Future:
+                  if_absent: bool = False, serial: bool = False) -> Future:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"value must be bytes, got {type(value).__name__}")
         check_key(bucket, key)                      # over a limit: InvalidRequest now, before anything is sent
@@ -301,13 +341,13 @@ class Client:
             context = if_context                  # it replaces the version it is conditional on
         timeout = timeout or self.timeout
         return self._send(ClientPut, key, bytes(value), tuple(context or ()), w, timeout, bucket, condition,
-                          wait=self._reply_wait(timeout))
+                          bool(serial), wait=self._reply_wait(timeout))
 
     def get_async(self, key: str, *, r: int | str | None = None, timeout: float | None = None,
-                  bucket: str = "") -> Future:
+                  bucket: str = "", serial: bool = False) -> Future:
         check_key(bucket, key)
         timeout = timeout or self.timeout
-        return self._send(ClientGet, key, r, timeout, bucket, wait=self._reply_wait(timeout))
+        return self._send(ClientGet, key, r, timeout, bucket, None, bool(serial), wait=self._reply_wait(timeout))
 
     def delete_async(self, key: str, context: Any = None, *, w: int | str | None = None,
                      timeout: float | None = None, bucket: str = "") -> Future:
@@ -387,15 +427,155 @@ class Client:
         return self._connection(node).request(StatusRequest).get(timeout)
 
     def status_all(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
-        """Every node's status, in node order; a node that does not answer shows ``{"up": False}``."""
+        """Every node's status, in node order; a node that does not answer shows ``{"up": False}`` with the
+        address it was tried at and its state as the cluster sees it (down, left...), when known. The
+        members are asked for first when they were not lately, so a member that joined since is there."""
+        now = time.monotonic()
+        if now - max(self._learnt_at, self._asked_at) > REFRESH_S:
+            self._asked_at = now
+            self.refresh_members(min(timeout, 1.0), tries=1)
         out: dict[str, dict[str, Any]] = {}
-        for node in self._all_addresses:
+        for node, address in list(self._all_addresses.items()):
             try:
                 out[node] = self.status(node, timeout=timeout)
             except LeaderlessError as exc:
                 self._forget(node)
-                out[node] = {"name": node, "up": False, "error": str(exc)}
+                seen = self._states.get(node)          # the cluster's view: left, down, or up but not reached from here
+                out[node] = {"name": node, "up": False, "address": list(address),
+                             "state": seen if seen in ("left", "down") else "unreachable", "error": str(exc)}
         return out
+
+    # --- membership: following joins, leaves and moves -------------------------------------
+
+    def members(self) -> dict[str, tuple[str, int, str]]:
+        """Every member this client knows: ``name -> (host, port, state)`` (state as the last node asked saw
+        it; "unknown" before any answer)."""
+        return {name: (*address, self._states.get(name, "unknown")) for name, address in self._all_addresses.items()}
+
+    def ring(self) -> Any:
+        """The newest ring the nodes told this client of (an ``actors.ring.Ring``; None before any answer):
+        ``client.ring().primaries(key, n)`` are the nodes that should hold ``key``."""
+        data = self._ring[1]
+        if data is None:
+            return None
+        from .ring import Ring
+        return Ring.from_data(data)
+
+    def refresh_members(self, timeout: float = 5.0, tries: int | None = None) -> bool:
+        """Ask for the members now, waiting: the nodes one after the other (at most ``tries`` of them, each for
+        at most ``timeout``) until one answers, then the seeds; True if one did."""
+        for name in self._order(list(self._names))[:tries]:
+            try:
+                answer = self._connection(name).request(MembersRequest).get(timeout)
+            except AuthenticationFailed:
+                raise
+            except LeaderlessError:
+                continue
+            self._learn(answer)
+            return True
+        return self._rediscover() if tries is None else False
+
+    def _ask_members(self) -> None:
+        """Ask a node this client is connected to for the members, without waiting (any thread)."""
+        if self._asking:
+            return
+        conns = [conn for conn in list(self._connections.values()) if not conn.closed]
+        if not conns:
+            return                                  # idle: the next request opens a connection
+        conn = conns[int(time.monotonic() * 1000) % len(conns)]
+        self._asking = True
+        self._asked_at = time.monotonic()
+        try:
+            future = conn.request(MembersRequest, wait=REFRESH_S)
+        except ConnectionError_:
+            self._asking = False
+            return
+        future.add_done_callback(self._members_in)
+
+    def _members_in(self, future: Future) -> None:
+        self._asking = False
+        try:
+            self._learn(future.get(0))
+        except LeaderlessError as exc:
+            log.debug("asking for the members failed: %s", exc)
+
+    def _ask_soon(self) -> None:
+        """A connection failed: ask for the members (a node may have moved or left), at most once a second."""
+        now = time.monotonic()
+        if now < self._soon_at:
+            return
+        self._soon_at = now + REFRESH_SOON_S
+        self._ask_members()
+
+    def _learn(self, answer: Mapping[str, Any]) -> None:
+        """Take a node's ``MembersRequest`` answer: new members, moved ones, states."""
+        members = answer.get("members") if isinstance(answer, Mapping) else None
+        if not isinstance(members, Mapping):
+            return
+        moved: list[str] = []
+        with self._members_lock:
+            all_addresses = dict(self._all_addresses)
+            addresses = dict(self.addresses)
+            states: dict[str, str] = {}
+            for name, member in sorted(members.items()):
+                host, port, state = member[:3]
+                incarnation = int(member[3]) if len(member) > 3 else 0
+                address = (str(host), int(port))
+                states[name] = state
+                if incarnation < self._incarnations.get(name, 0):
+                    continue                        # that node has not heard of the member's restart yet
+                self._incarnations[name] = incarnation
+                old = all_addresses.get(name)
+                if old is not None and old != address:
+                    moved.append(name)
+                all_addresses[name] = address
+                if state == "left":
+                    addresses.pop(name, None)
+                elif name in addresses or not self._chosen:
+                    addresses[name] = address
+            self._states = states
+            version = answer.get("ring_version")
+            if isinstance(version, int) and version >= self._ring[0] and answer.get("ring") is not None:
+                self._ring = (version, answer["ring"])
+            if all_addresses != self._all_addresses:
+                self._all_addresses = all_addresses
+            if addresses and addresses != self.addresses:
+                joined = [n for n in addresses if n not in self.addresses]
+                left = [n for n in self.addresses if n not in addresses]
+                if joined or left:
+                    log.info("client: members joined %s, left %s", joined or "-", left or "-")
+                self.addresses = addresses
+                self._names = tuple(addresses)
+            self._learnt_at = time.monotonic()
+        for name in moved:
+            log.info("client: %s moved to %s:%s", name, *all_addresses[name])
+            conn = self._connections.pop(name, None)      # no lock: a connect may hold it (never on the loop)
+            if conn is not None:
+                conn.close()
+            self._avoid.pop(name, None)
+
+    def _rediscover(self) -> bool:
+        """Learn the members from the seeds again (no known member answered); at most once per ``AVOID_S``."""
+        now = time.monotonic()
+        if not self._seeds or now < self._rediscover_at:
+            return False
+        self._rediscover_at = now + AVOID_S
+        try:
+            self._learn(discover(self._seeds, self._secret))
+        except AuthenticationFailed:
+            raise
+        except LeaderlessError as exc:
+            log.debug("no seed answered: %s", exc)
+            return False
+        return True
+
+    def _order(self, names: list[str]) -> list[str]:
+        """``names`` with the nodes to avoid (could not be connected to lately, or down) moved to the end."""
+        if not self._avoid and "down" not in self._states.values():
+            return names
+        now = time.monotonic()
+        later = [n for n in names if self._avoid.get(n, 0.0) > now or self._states.get(n) == "down"]
+        return [n for n in names if n not in later] + later if later else names
 
     def ring_change(self, node: str, action: str, name: str, host: str = "", port: int = 0,
                     timeout: float = 10.0, force: bool = False) -> int:
@@ -460,8 +640,7 @@ class Client:
                 pass
         errors: list[str] = []
         on_loop = shared_loop().on_loop_thread()    # a done callback: never wait for a connect here
-        for i in range(len(names)):
-            name = names[(start + i) % len(names)]
+        for name in self._order([names[(start + i) % len(names)] for i in range(len(names))]):
             try:
                 if on_loop:
                     conn = self._connections.get(name)
@@ -475,6 +654,8 @@ class Client:
                 raise
             except ConnectionError_ as exc:
                 errors.append(str(exc))
+        if self._seeds and not on_loop and self._rediscover():     # every member moved: the seeds know where
+            return self._send(make, *args, wait=wait)
         raise ClusterUnavailable("no node could be reached: " + "; ".join(errors))
 
     def _reopen_later(self, name: str) -> None:
@@ -508,7 +689,15 @@ class Client:
                 address = self._all_addresses.get(name)
                 if address is None:
                     raise ClusterUnavailable(f"unknown node {name}")
-                conn = self._connections[name] = NodeConnection(name, tuple(address), self._secret)
+                try:
+                    conn = NodeConnection(name, tuple(address), self._secret, _weak_call(self, "_ask_soon"))
+                except ConnectionError_ as exc:
+                    if not isinstance(exc, AuthenticationFailed):
+                        self._avoid[name] = time.monotonic() + AVOID_S
+                        self._ask_soon()
+                    raise
+                self._connections[name] = conn
+                self._avoid.pop(name, None)
         return conn
 
 
@@ -522,7 +711,87 @@ def _condition(if_context: Any, if_absent: bool) -> tuple | None:
     return None
 
 
-def connect(data_dir: str, *, nodes: Iterable[str] | None = None, timeout: float | None = None) -> Client:
-    """A client for the cluster whose data directory is ``data_dir`` (addresses and secret read from it)."""
-    config = ClusterConfig.load(data_dir)
-    return Client(config.nodes, load_secret(data_dir), nodes=nodes, timeout=timeout, node_timeout=config.timeout)
+def connect(data_dir: str | None = None, *, seeds: str | Iterable[Any] | None = None,
+            secret: str | bytes | os.PathLike[str] | None = None, nodes: Iterable[str] | None = None,
+            timeout: float | None = None) -> Client:
+    """A client for a cluster: through its data directory (addresses and secret read from it), or through
+    ``seeds`` (``["10.0.0.1:7001", ...]`` or ``"h1:p1,h2:p2"``; any one that answers will do) and
+    ``secret`` (the path of a copy of the cluster's secret file; default: ``data_dir``'s). Either way the
+    client learns every member from the nodes and follows joins, leaves and moves."""
+    if seeds is None:
+        if data_dir is None:
+            raise InvalidRequest("connect() needs a data dir, or seeds= and secret=")
+        config = ClusterConfig.load(data_dir)
+        key = load_secret(data_dir) if secret is None else _secret_of(secret)
+        return Client(config.nodes, key, nodes=nodes, timeout=timeout, node_timeout=config.timeout)
+    if secret is None:
+        if data_dir is None:
+            raise InvalidRequest("connect(seeds=...) needs secret= (the path of a copy of the cluster's secret)")
+        key = load_secret(data_dir)
+    else:
+        key = _secret_of(secret)
+    addresses = parse_seeds(seeds)
+    answer = discover(addresses, key)
+    members = {name: (str(m[0]), int(m[1])) for name, m in sorted(answer["members"].items()) if m[2] != "left"}
+    client = Client(members, key, nodes=nodes, timeout=timeout, node_timeout=answer.get("timeout"),
+                    seeds=addresses)
+    client._learn(answer)
+    return client
+
+
+def discover(seeds: Iterable[tuple[str, int]], secret: bytes, timeout: float = 5.0) -> dict[str, Any]:
+    """The first answer of a seed to ``MembersRequest`` (every member's address and state, the cluster's
+    timeout, n and id). ``AuthenticationFailed`` at once if a seed refuses the secret; ``ClusterUnavailable``
+    naming every seed if none answers."""
+    errors = []
+    for host, port in seeds:
+        try:
+            conn = NodeConnection(f"{host}:{port}", (host, port), secret)
+        except AuthenticationFailed as exc:
+            raise AuthenticationFailed(f"the seed {host}:{port} refused the secret: {exc}") from exc
+        except ConnectionError_ as exc:
+            errors.append(f"{host}:{port}: {exc}")
+            continue
+        try:
+            answer = conn.request(MembersRequest).get(timeout)
+        except LeaderlessError as exc:
+            errors.append(f"{host}:{port}: {exc}")
+            continue
+        finally:
+            conn.close()
+        if isinstance(answer, dict) and isinstance(answer.get("members"), dict) and answer["members"]:
+            return answer
+        errors.append(f"{host}:{port}: not a member list: {answer!r}"[:200])
+    raise ClusterUnavailable("no seed could be reached: " + "; ".join(errors))
+
+
+def _secret_of(secret: str | bytes | os.PathLike[str]) -> bytes:
+    """``connect``'s ``secret=``: the path of a secret file (bytes are taken as the secret itself)."""
+    if isinstance(secret, bytes):
+        if not secret.strip():
+            raise ClusterUnavailable("an empty cluster secret")
+        return secret.strip()
+    return read_secret_file(secret)
+
+
+def _weak_call(obj: Any, method: str) -> Callable[[], None]:
+    """``obj.method()``, without keeping ``obj`` alive (a connection's close hook must not hold its client)."""
+    ref = weakref.ref(obj)
+
+    def call() -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method)()
+    return call
+
+
+def _follow(ref: weakref.ref[Client]) -> None:
+    """Every ``REFRESH_S``, on the shared I/O loop: ask a node the client is connected to for the members.
+    Stops when the client is gone; costs nothing while it has no connection open."""
+    client = ref()
+    if client is None:
+        return
+    if time.monotonic() - client._asked_at >= REFRESH_S * 0.9:
+        client._ask_members()
+    del client
+    shared_loop().call_later(REFRESH_S, lambda: _follow(ref))

@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class Commit(NamedTuple):
-    """Write ``objects`` (key -> object) and ``hints`` in one durable transaction; ``acks`` ride along."""
+    """Write ``objects`` (key -> object), ``hints`` and ``paxos`` states (key -> state) in one durable
+    transaction; ``acks`` ride along."""
     objects: dict[str, Obj]
     hints: list[tuple[str, str, Obj]]
     acks: list[tuple[str, Any]]
+    paxos: dict[str, bytes] = {}
 
 
 class Committed(NamedTuple):
@@ -61,7 +63,10 @@ class DeleteHintsJob(NamedTuple):
 def commit(store: Store, job: Commit) -> Committed:
     """Run one group commit; its outcome, never an exception."""
     try:
-        store.apply(objects=job.objects.items(), hints=job.hints)
+        if job.paxos:
+            store.apply(objects=job.objects.items(), hints=job.hints, paxos=job.paxos.items())
+        else:
+            store.apply(objects=job.objects.items(), hints=job.hints)
     except Exception as exc:  # noqa: BLE001 - the replica answers every ack with it
         return Committed(job.objects, len(job.hints), job.acks, exc)
     return Committed(job.objects, len(job.hints), job.acks, None)

@@ -1,7 +1,8 @@
 """A cluster's data directory: its configuration file and its secret.
 
     DATA_DIR/
-      cluster.json     nodes and their addresses, n/r/w, timings (written by LocalCluster)
+      cluster.json     nodes and their addresses, n/r/w, timings (written by LocalCluster, or by
+                       `leaderless node start` for a node of a cluster across hosts)
       secret           the cluster secret, 32 random bytes hex, mode 0600 (any bytes will do;
                        ASCII whitespace around them is ignored; empty or readable by others: refused)
       n1/store/        n1's LMDB environment
@@ -15,6 +16,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,17 +49,20 @@ class ClusterConfig:
     tombstone_grace: float = 4 * 3600.0   # must exceed hint_window and the longest outage (gc_grace)
     reap_interval: float = 5.0
     read_repair_chance: float = 0.1   # share of reads (r < n) that ask every replica, not the fastest r
+    cluster_id: str = ""              # set when `leaderless node start` makes a cluster; joiners copy it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def initial_ring_nodes(self) -> list[str]:
         return list(self.ring_nodes) or sorted(self.nodes)
 
-    def validate(self) -> None:
+    def validate(self, *, growing: bool = False) -> None:
+        """Refuse settings no cluster can run with; ``growing``: a cluster whose other nodes are still to
+        join (started one host at a time), so it may have fewer nodes than n for now."""
         if not self.nodes:
             raise InvalidRequest("a cluster needs at least one node")
         if not 1 <= self.n:
             raise InvalidRequest(f"n={self.n} must be at least 1")
-        if self.n > len(self.nodes):
+        if self.n > len(self.nodes) and not growing:
             raise InvalidRequest(f"n={self.n} is larger than the {len(self.nodes)} nodes of the cluster")
         from .quorum import resolve
         resolve("r", self.r, self.r, self.n)
@@ -120,13 +125,21 @@ def ensure_secret(data_dir: str | os.PathLike[str]) -> bytes:
 
 
 def load_secret(data_dir: str | os.PathLike[str]) -> bytes:
-    """The cluster secret: the bytes of ``DATA_DIR/secret``, ASCII whitespace around them stripped.
+    """The cluster secret: the bytes of ``DATA_DIR/secret`` (see ``read_secret_file``)."""
+    path = Path(data_dir) / SECRET_FILE
+    if not os.path.lexists(path):
+        raise ClusterUnavailable(f"no cluster secret in {data_dir} (missing {SECRET_FILE})")
+    return read_secret_file(path)
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> bytes:
+    """The cluster secret in the file ``path``, ASCII whitespace around it stripped.
 
     Refused (``ClusterUnavailable``, naming the file): a missing, unreadable or empty file (an empty
     secret would let in anyone with an empty secret), and, as ssh does for keys, a file that its
     group or others may read or write.
     """
-    path = Path(data_dir) / SECRET_FILE
+    path = Path(path)
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
@@ -136,10 +149,36 @@ def load_secret(data_dir: str | os.PathLike[str]) -> bytes:
                                      f"run `chmod 600 {path}`")
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ClusterUnavailable(f"no cluster secret in {data_dir} (missing {SECRET_FILE})") from exc
+        raise ClusterUnavailable(f"no cluster secret at {path}") from exc
     except OSError as exc:
         raise ClusterUnavailable(f"cannot read the cluster secret {path}: {exc}") from exc
     secret = data.strip()                 # bytes.strip(): ASCII whitespace only, any other byte is kept
     if not secret:
         raise ClusterUnavailable(f"the cluster secret {path} is empty: copy the cluster's secret into it")
     return secret
+
+
+def parse_address(text: str, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 host) as ``(host, port)``; ``InvalidRequest`` otherwise."""
+    host, _, port = str(text).strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequest(f"{what} {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def parse_seeds(seeds: str | Iterable[str | tuple[str, int]], what: str = "seed") -> list[tuple[str, int]]:
+    """Seeds as addresses: ``"h1:p1,h2:p2"``, or a list of ``"h:p"`` strings or ``(host, port)`` pairs."""
+    items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
+    out: list[tuple[str, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            if item.strip():
+                out.append(parse_address(item, what))
+        else:
+            host, port = item
+            out.append((str(host), int(port)))
+    if not out:
+        raise InvalidRequest(f"no {what} address given (HOST:PORT, comma-separated)")
+    return out

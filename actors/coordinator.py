@@ -27,24 +27,26 @@ from typing import Any
 
 
 from storage import crdts, objects
+from storage.hlc import HybridClock
 from storage.objects import Obj
 
 from .errors import (InvalidRequest, LeaderlessError, QuorumFailed, RequestTimeout, SessionViolation, StorageFull,
                      UnknownBucket, VersionMismatch)
-from . import options
-from .limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from .options import (storage_key, validate_condition, validate_context, validate_key, validate_timeout,
+                      validate_value)
 from .mailbox import Actor
 from .membership import Membership
 from .outbox import Outbox, SendBatch
 from .messages import (Ack, Acks, Batch, BucketProps, Built, ClientGet, ClientPut, ClientUpdate, CoordinatePut, GetResult,
                        Refused, Reply, ReplicaGet, ReplicaGetReply, ReplicaPut, StoreHint, Tick, Unreachable, Value)
 from .quorum import ReadTally, WriteTally, resolve
+from .serial import REPLIES as SERIAL_REPLIES
+from .serial import SerialCoordinator
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]
-MAX_TIMEOUT = 600.0
 SESSION_RETRY = 0.05        # seconds between rounds of a session read still waiting for a new enough replica
 BUILD_MARGIN = 0.25        # a put moves to the next replica this share of its build window after build_by
 SPECULATE_MIN = 0.002       # a read waits at least this long before asking a replica it skipped
@@ -127,73 +129,13 @@ def _build_order(targets: list[tuple[str, str | None]]) -> list[str]:
     return [node for node, hint in targets if hint is None] + [node for node, hint in targets if hint is not None]
 
 
-def validate_key(key: Any) -> str:
-    if not isinstance(key, str) or not key:
-        raise InvalidRequest(f"key must be a non-empty string, got {key!r:.60}")
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidRequest("key is not valid unicode (it holds a lone surrogate)") from exc
-    if size > MAX_KEY_BYTES:
-        raise InvalidRequest(f"key is longer than {MAX_KEY_BYTES} bytes")
-    if "\x00" in key:
-        raise InvalidRequest("key must not contain NUL characters")
-    return key
-
-
-def validate_value(value: Any) -> bytes | None:
-    if value is None:
-        return None
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise InvalidRequest(f"value must be bytes, got {type(value).__name__}")
-    if len(value) > MAX_VALUE_BYTES:
-        raise InvalidRequest(f"value is larger than {MAX_VALUE_BYTES} bytes")
-    return bytes(value)
-
-
-def validate_context(context: Any) -> tuple[tuple[str, int], ...]:
-    if context is None or context == ():
-        return ()
-    try:
-        pairs = tuple(sorted((a, c) for a, c in context))
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest("context must be the context a read or write returned") from exc
-    if any(not isinstance(a, str) or type(c) is not int or c < 1 for a, c in pairs) or \
-            len({a for a, _ in pairs}) != len(pairs):
-        raise InvalidRequest("context must be the context a read or write returned")
-    return pairs
-
-
-def validate_condition(condition: Any) -> tuple | None:
-    if condition is None:
-        return None
-    if condition == ("if_absent",):
-        return condition
-    if isinstance(condition, tuple) and len(condition) == 2 and condition[0] == "if_context":
-        return ("if_context", validate_context(condition[1]))
-    raise InvalidRequest(f"unknown write condition {condition!r:.60}")
-
-
-def storage_key(bucket: str, key: str) -> str:
-    """The key as replicas store it (``options.storage_key``)."""
-    return options.storage_key(bucket, key, MAX_KEY_BYTES)
-
-
-def validate_timeout(timeout: Any, default: float) -> float:
-    if timeout is None:
-        return default
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
-        raise InvalidRequest(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT}], got {timeout!r:.40}")
-    return float(timeout)
-
-
 class CoordinatorActor(Actor):
     """Runs every quorum request this node coordinates."""
 
     def __init__(self, name: str, membership: Membership, send: Send, settings: Settings, stats: Stats,
                  clock: Callable[[], float] = time.monotonic,
                  send_batch: SendBatch | None = None, wall: Callable[[], float] = time.time,
-                 local_replica: Any = None) -> None:
+                 local_replica: Any = None, hlc: HybridClock | None = None) -> None:
         super().__init__()
         self.name = name
         # This node's replica actor when it runs on this actor's thread (both hosted on the node's
@@ -215,6 +157,8 @@ class CoordinatorActor(Actor):
         self._read_latency = 0.0                             # smoothed seconds to r answers, and its
         self._read_deviation = 0.0                           # mean deviation (TCP's SRTT and RTTVAR)
         self._random = random.Random()
+        self.serial = SerialCoordinator(name, membership, self.send, self._outbox.reply, stats, settings.timeout,
+                                        clock, hlc)
 
     def on_receive(self, message: Any) -> None:
         items = message.messages if isinstance(message, Batch) else (message,)
@@ -231,6 +175,9 @@ class CoordinatorActor(Actor):
         self._outbox.flush()
 
     def _handle(self, message: Any) -> None:
+        if type(message) in SERIAL_REPLIES or (type(message) is Unreachable and message.ballot is not None):
+            self.serial.handle(message)
+            return
         if type(message) is Acks:
             requests, node = self.requests, message.node
             for req_id in message.req_ids:
@@ -261,6 +208,7 @@ class CoordinatorActor(Actor):
             self._start_get(message)
         elif isinstance(message, Tick):
             self._expire(message.now)
+            self.serial.expire(message.now)
         else:
             log.warning("coordinator %s ignored unexpected %s", self.name, type(message).__name__)
 
@@ -277,6 +225,9 @@ class CoordinatorActor(Actor):
         op = "delete" if message.value is None else "put"
         try:
             props = self.bucket(message.bucket)
+            if message.serial:
+                self.serial.start(message, props)
+                return
             if props.type not in ("siblings", "lww"):
                 raise InvalidRequest(f"bucket {props.name!r} holds {props.type}s: send operations, not values")
             key = storage_key(props.name, validate_key(message.key))
@@ -490,6 +441,9 @@ class CoordinatorActor(Actor):
     def _start_get(self, message: ClientGet) -> None:
         try:
             props = self.bucket(message.bucket)
+            if message.serial:
+                self.serial.start(message, props)
+                return
             key = storage_key(props.name, validate_key(message.key))
             r = resolve("r", message.r, props.r, props.n)
             timeout = validate_timeout(message.timeout, self.settings.timeout)

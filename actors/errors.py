@@ -46,7 +46,17 @@ class NotPresent(InvalidRequest):
 
 class VersionMismatch(LeaderlessError):
     """A conditional write (``if_context``/``if_absent``) found the stored object moved past
-    the expected version on the replica that checked it. Not linearizable: see README."""
+    the expected version on the replica that checked it (not linearizable: see README), or,
+    with ``serial=True``, in the linearizable current value. ``values`` and ``context`` are
+    that current value when known (a serial write's), so a compare-and-set can retry from them."""
+
+    def __init__(self, message: str = "", values: list | tuple = (), context: list | tuple = ()) -> None:
+        self.values = list(values)
+        self.context = tuple(tuple(pair) for pair in context)
+        super().__init__(message, self.values, [list(pair) for pair in self.context])
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class SessionViolation(LeaderlessError):

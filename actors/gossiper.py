@@ -280,7 +280,9 @@ class GossiperActor(Actor):
                 self.add_peer(change.node, (change.host, change.port))
                 if change.node not in self.endpoints:
                     self.endpoints[change.node] = (0, 0, NORMAL, change.host, change.port)
-                new = ring.with_node(change.node)
+                # The cluster's n, not the ring's: a ring made when fewer nodes than n were members
+                # (before this release) had a smaller target_n; it grows back here.
+                new = ring.with_node(change.node, target_n=max(ring.target_n, self.default_n))
             elif change.action == "leave":
                 if change.node != self.name:
                     raise InvalidRequest(f"a leave must be sent to the leaving node itself, not to {self.name}")
@@ -344,10 +346,16 @@ class GossiperActor(Actor):
         for node in self.membership.ring.nodes:
             states.setdefault(node, DOWN)
         if states != self._published:
+            back = []
             for node, state in states.items():
-                if self._published.get(node) != state and node != self.name:
+                before = self._published.get(node)
+                if before != state and node != self.name:
                     log.info("%s sees %s %s", self.name, node, state)
+                    if before == DOWN and state in (UP, LEAVING):
+                        back.append(node)
             self._published = states
+            for node in back:
+                self.peer_back(node)     # up again after a cut: reconnect now, not after TCP's backoff
             self.membership.publish(states)
             try:
                 self.persist_states(states)

@@ -12,7 +12,8 @@ Outcomes follow Jepsen's: ``ok`` (it happened), ``fail`` (it certainly did not h
 and ``info`` (indeterminate: it may or may not have happened). A write that ended in
 ``QuorumFailed``, ``RequestTimeout`` or a connection error may have reached some
 replicas, so it is ``info``; a write refused as an ``InvalidRequest`` is ``fail``. A read
-changes nothing, so a read that raised is always ``fail``.
+changes nothing, so a read that raised is always ``fail``. A remove refused as
+``NotPresent`` (an ``InvalidRequest``: its read did not see the element) wrote nothing: ``fail``.
 
 The recorder is safe to share between threads; the checkers (``actors.checker``) read
 the finished list of ``Op`` records and nothing else.
@@ -41,7 +42,8 @@ class Op(NamedTuple):
     process: int | str
     """Who made it: a workload thread's number, or ``"nemesis"``."""
     kind: str
-    """``add``, ``read``, ``write``, ``increment``, ``final-read`` or ``nemesis``."""
+    """``add``, ``remove``, ``read``, ``write``, ``delete``, ``increment``, ``field-update``,
+    ``field-remove``, ``elem-remove``, ``final-read`` or ``nemesis``."""
     key: str | None
     """The key it acted on (``None`` for a nemesis op)."""
     value: Any

@@ -59,7 +59,7 @@ else:
     StoredOrBytes = Annotated[Union[bytes, None], RECORD_BYTES]
     StoredItems = Annotated[list[tuple[str, bytes]], RECORDS]
     StoredByKey = Annotated[dict[str, Union[bytes, None]], RECORDS]
-    Error = Annotated[Union[tuple[str, tuple[Union[str, int, list[str]], ...]], None], ERROR]
+    Error = Annotated[Union[tuple[str, tuple[Union[str, int, list[Any]], ...]], None], ERROR]
     Result = Annotated[Any, RESULT]
     ReplyTo = None                      # never sent: a frame holding anything else there is refused
 
@@ -80,7 +80,8 @@ class Hello(Message, tag=1):
 class ClientPut(Message, tag=2):
     """Write ``value`` (``None`` deletes: a tombstone) to ``key`` of ``bucket`` after ``context``.
 
-    ``condition``: ``("if_context", ctx)`` or ``("if_absent",)``, checked on the coordinating replica.
+    ``condition``: ``("if_context", ctx)`` or ``("if_absent",)``, checked on the coordinating replica;
+    ``serial``: by Paxos among the key's primaries, linearizable (``actors.paxos``).
     """
     req_id: int
     key: str
@@ -90,13 +91,15 @@ class ClientPut(Message, tag=2):
     timeout: float | None = None
     bucket: str = ""
     condition: tuple[Union[str, Context], ...] | None = None
+    serial: bool = False
     reply_to: ReplyTo = None
 
 
 class ClientGet(Message, tag=3):
     """Read ``key`` of ``bucket`` from ``r`` replicas, merged.
 
-    ``min_context`` (sessions): answer only with an object whose context covers it.
+    ``min_context`` (sessions): answer only with an object whose context covers it; ``serial``: a
+    linearizable read (a Paxos round among the key's primaries).
     """
     req_id: int
     key: str
@@ -104,6 +107,7 @@ class ClientGet(Message, tag=3):
     timeout: float | None = None
     bucket: str = ""
     min_context: Context | None = None
+    serial: bool = False
     reply_to: ReplyTo = None
 
 
@@ -387,6 +391,78 @@ class Drop(Message, tag=35):
     reason: str
 
 
+# --- serial requests: Paxos among a key's primaries (actors.paxos) ------------------------
+
+Ballot = tuple[int, str]               # (a hybrid-clock reading, packed; the proposing node)
+
+
+class PaxosPrepare(Message, tag=50):
+    """Promise to accept no ballot lower than ``ballot`` for ``key``."""
+    req_id: int
+    coordinator: str
+    key: str
+    ballot: Ballot
+
+
+class PaxosPromise(Message, tag=51):
+    """An acceptor's answer to a prepare of ``ballot``: promised (``ok``, durably) or refused because it
+    promised ``promised``; the proposal it last accepted (``accepted``, ``accepted_obj``), the ballot it
+    last committed, and its current object."""
+    req_id: int
+    node: str
+    ballot: Ballot
+    ok: bool
+    promised: Ballot
+    accepted: Ballot
+    accepted_obj: Stored
+    committed: Ballot
+    current: Stored
+
+
+class PaxosPropose(Message, tag=52):
+    """Accept ``obj`` for ``key`` under ``ballot`` (unless a higher ballot was promised)."""
+    req_id: int
+    coordinator: str
+    key: str
+    ballot: Ballot
+    obj: Stored
+
+
+class PaxosAccepted(Message, tag=53):
+    """An acceptor's answer to a proposal: accepted (``ok``, durably) or refused (it promised ``promised``)."""
+    req_id: int
+    node: str
+    ballot: Ballot
+    ok: bool
+    promised: Ballot
+
+
+class PaxosCommit(Message, tag=54):
+    """``obj``, chosen under ``ballot``, is the key's value: merge it in."""
+    req_id: int
+    coordinator: str
+    key: str
+    ballot: Ballot
+    obj: Stored
+
+
+class PaxosCommitted(Message, tag=55):
+    """An acceptor applied a commit durably."""
+    req_id: int
+    node: str
+    ballot: Ballot
+
+
+# --- membership, for clients and joining nodes across hosts --------------------------------
+
+class MembersRequest(Message, tag=40):
+    """Ask a node for every member it knows: ``{"members": {name: [host, port, state, incarnation]}, "timeout": s,
+    "cluster_id": id, "n": n, "ring_version": v, "ring": ring data}`` (state: up, down, leaving, left), so
+    a client follows joins, leaves and moves."""
+    req_id: int
+    reply_to: ReplyTo = None
+
+
 # --- inside one node ------------------------------------------------------------------
 
 class StoreHint(Message):
@@ -425,9 +501,12 @@ class Tick(Message):
 
 
 class Unreachable(Message):
-    """The transport could not hand request ``req_id`` to ``node`` (refused or reset): no answer will come."""
+    """The transport could not hand request ``req_id`` to ``node`` (refused or reset): no answer will come.
+    For a Paxos message, ``ballot`` and ``phase`` ("prepare", "propose", "commit") say which."""
     req_id: int
     node: str
+    ballot: tuple[int, str] | None = None
+    phase: str = ""
 
 
 class Flush(Message):

@@ -22,6 +22,14 @@ loss + duplicate + reorder, ``all`` everything):
     duplicate  ... sent twice
     reorder    ... held a random 0..reorder_ms, so they overtake each other
     clock      1..N/2 nodes' clocks moved by up to ±5 min (matters once LWW exists)
+    join       a new node joins the ring (``cluster.add_node``) and gets its share of the keys
+    leave      a random member leaves (``cluster.decommission``): it hands its data off and exits;
+               skipped when fewer members than the largest n in use would be left
+
+``membership`` means join + leave. A membership change is not healed: the ring keeps it,
+and every later fault acts on the members of the day. A join is skipped while the cluster
+has ``max_members`` members. ``ring_changes`` lists the changes made, in order, so that the
+harness can rebuild the ring the nodes use; ``on_members`` hears the new member addresses.
 
 Only one fault is in force at a time: each is healed before the next. Every fault and heal
 is recorded in the history as a ``nemesis`` op.
@@ -42,14 +50,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from .errors import LeaderlessError
+from .errors import InvalidRequest, LeaderlessError
 from .history import History
 
 log = logging.getLogger(__name__)
 
 PARTITIONS = ("halves", "isolate", "bridge", "ring")
-FAULTS = PARTITIONS + ("kill", "pause", "slow", "loss", "duplicate", "reorder", "clock")
-ALIASES = {"partition": PARTITIONS, "degrade": ("loss", "duplicate", "reorder"), "all": FAULTS}
+MEMBERSHIP = ("join", "leave")
+FAULTS = PARTITIONS + ("kill", "pause", "slow", "loss", "duplicate", "reorder", "clock") + MEMBERSHIP
+ALIASES = {"partition": PARTITIONS, "degrade": ("loss", "duplicate", "reorder"), "membership": MEMBERSHIP,
+           "all": FAULTS}
 NEMESES = tuple(sorted(set(FAULTS) | set(ALIASES)))
 
 _NETWORK = set(PARTITIONS) | {"slow", "loss", "duplicate", "reorder"}
@@ -66,9 +76,17 @@ class Fault(NamedTuple):
     """Partition groups (halves, isolate, bridge); nodes in no group reach everybody."""
     amount: float = 0.0
     """Delay in ms (slow), rate (loss, duplicate), ms (reorder), seconds (clock)."""
+    skipped: str = ""
+    """Why a membership change was not made (too few or too many members); empty when it was."""
 
     def describe(self) -> str:
         nodes = ",".join(self.nodes)
+        if self.skipped:
+            return f"{self.kind} skipped: {self.skipped}"
+        if self.kind == "join":
+            return f"join {nodes or '(a new node)'}"
+        if self.kind == "leave":
+            return f"leave {nodes} (decommission)"
         groups = " | ".join(",".join(g) for g in self.groups)
         if self.kind in ("halves", "isolate"):
             return f"partition {self.kind}: {groups}"
@@ -91,8 +109,11 @@ class Fault(NamedTuple):
         return f"{self.kind} {nodes}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "nodes": list(self.nodes), "groups": [list(g) for g in self.groups],
-                "amount": self.amount, "description": self.describe()}
+        out = {"kind": self.kind, "nodes": list(self.nodes), "groups": [list(g) for g in self.groups],
+               "amount": self.amount, "description": self.describe()}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
 
 
 def expand(names: Iterable[str]) -> tuple[str, ...]:
@@ -144,16 +165,24 @@ def choose(kind: str, nodes: Sequence[str], rng: random.Random) -> Fault:
     if kind == "clock":
         return Fault(kind, nodes=tuple(sorted(shuffled[:few])),
                      amount=float(rng.choice((-1, 1)) * rng.choice((1, 10, 60, 300))))
+    if kind == "join":
+        return Fault(kind)                    # the nemesis names the new node when it starts it
+    if kind == "leave":
+        return Fault(kind, nodes=(shuffled[0],))
     raise ValueError(f"unknown fault kind {kind!r}; choose from {', '.join(FAULTS)}")
 
 
-def schedule(nodes: Sequence[str], faults: Sequence[str], seed: int) -> Iterable[Fault]:
-    """The endless fault sequence for ``seed``: each fault's kind, then its targets, from one ``Random``."""
+def schedule(nodes: Sequence[str] | Callable[[], Sequence[str]], faults: Sequence[str], seed: int
+             ) -> Iterable[Fault]:
+    """The endless fault sequence for ``seed``: each fault's kind, then its targets, from one ``Random``.
+
+    ``nodes`` may be a function giving the members of the day (they change with joins and
+    leaves): each fault is drawn on the members when it is drawn."""
     if not faults:
         raise ValueError("a schedule needs at least one fault kind")
     rng = random.Random(seed)
     while True:
-        yield choose(rng.choice(list(faults)), nodes, rng)
+        yield choose(rng.choice(list(faults)), nodes() if callable(nodes) else nodes, rng)
 
 
 def plan(nodes: Sequence[str], faults: Sequence[str], seed: int, count: int) -> list[Fault]:
@@ -186,8 +215,17 @@ class Nemesis:
     """Applies a seeded schedule of faults to a cluster from a background thread."""
 
     def __init__(self, cluster: Any, faults: Sequence[str], history: History, *, seed: int = 0,
-                 interval: float = 5.0, progress: Callable[[str], None] | None = None) -> None:
+                 interval: float = 5.0, progress: Callable[[str], None] | None = None, min_members: int = 3,
+                 max_members: int | None = None,
+                 on_members: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cluster = cluster
+        self.min_members = min_members
+        """A leave that would leave fewer members is skipped (the largest n in use, at least 3)."""
+        self.max_members = max_members if max_members is not None else len(cluster.nodes) + 2
+        """A join is skipped while the cluster has this many members."""
+        self.on_members = on_members
+        self.ring_changes: list[tuple[str, str]] = []   # ("join" | "leave", node), in order
+        self._names = set(cluster.nodes)                # every name ever used: a joiner gets a new one
         self.faults = tuple(faults)
         self.history = history
         self.seed = seed
@@ -196,7 +234,7 @@ class Nemesis:
         self.applied: list[dict[str, Any]] = []   # every fault, when it began and ended
         self.active: Fault | None = None           # the fault in force now, if any
         self.errors: list[str] = []
-        self._schedule = iter(schedule(cluster.nodes, self.faults, seed))
+        self._schedule = iter(schedule(lambda: self.cluster.nodes, self.faults, seed))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._killed: set[str] = set()
@@ -225,7 +263,7 @@ class Nemesis:
             fault_at = began + self.interval / 2 + 2 * k * self.interval
             if self._stop.wait(max(0.0, fault_at - time.monotonic())):
                 return
-            fault = next(self._schedule)
+            fault = self._resolve(next(self._schedule))
             record = {"fault": fault.to_json(), "started": round(self.history.now(), 3), "ended": None}
             self.applied.append(record)
             self.active = fault
@@ -238,7 +276,8 @@ class Nemesis:
 
     def _act(self, action: str, fault: Fault, do: Callable[[Fault], None]) -> None:
         handle = self.history.invoke("nemesis", "nemesis", None, {"action": action, **fault.to_json()})
-        self.progress(f"{self.history.now():7.1f}s  {'fault' if action == 'start' else 'heal '}  {fault.describe()}")
+        label = "fault" if action == "start" else ("done " if fault.kind in MEMBERSHIP else "heal ")
+        self.progress(f"{self.history.now():7.1f}s  {label}  {fault.describe()}")
         try:
             do(fault)
         except Exception as exc:                   # keep the schedule going; the final heal cleans up
@@ -251,10 +290,29 @@ class Nemesis:
 
     # --- applying and healing one fault ---------------------------------------------------
 
+    def _resolve(self, fault: Fault) -> Fault:
+        """A membership change made concrete: the joiner's name, or why it is skipped."""
+        members = len(self.cluster.nodes)
+        if fault.kind == "join":
+            if members >= self.max_members:
+                return fault._replace(skipped=f"{members} members already (at most {self.max_members})")
+            number = max((int(n[1:]) for n in self._names if n[1:].isdigit()), default=0) + 1
+            return fault._replace(nodes=(f"n{number}",))
+        if fault.kind == "leave" and members - 1 < self.min_members:
+            return fault._replace(skipped=f"{members - 1} members would be left, fewer than the largest n in use "
+                                          f"({self.min_members})")
+        return fault
+
     def _apply(self, fault: Fault) -> None:
         cluster = self.cluster
         kind = fault.kind
-        if kind in ("halves", "isolate", "bridge"):
+        if fault.skipped:
+            return
+        if kind == "join":
+            self._join(fault.nodes[0])
+        elif kind == "leave":
+            self._leave(fault.nodes[0])
+        elif kind in ("halves", "isolate", "bridge"):
             cluster.partition(*fault.groups)
         elif kind == "ring":
             self._block(ring_blocked(fault.nodes))
@@ -292,6 +350,49 @@ class Nemesis:
             for node in sorted(self._skewed):
                 cluster.skew_clock(node, 0.0)
                 self._skewed.discard(node)
+
+    def _join(self, name: str) -> None:
+        self._names.add(name)
+        try:
+            self.cluster.add_node(name=name, timeout=30.0)
+        finally:
+            if name in self.cluster.config.nodes and self._in_ring(name):
+                self.ring_changes.append(("join", name))
+                self._members_changed()
+
+    def _leave(self, name: str) -> None:
+        try:
+            self.cluster.decommission(name, timeout=60.0)
+        except InvalidRequest as exc:           # refused: it would go below an n in use (not an error)
+            self.progress(f"{self.history.now():7.1f}s  leave of {name} refused: {exc}")
+            return
+        finally:
+            if not self._in_ring(name):
+                self.ring_changes.append(("leave", name))
+                self._await_ring()
+                self._members_changed()
+
+    def _in_ring(self, name: str) -> bool:
+        """Whether the members that answer have ``name`` in their ring (the latest change they know)."""
+        status = [s for s in self.cluster.status().values() if s.get("up")]
+        newest = max((s.get("ring_version", 0) for s in status), default=0)
+        return any(name in s.get("ring_nodes", ()) for s in status if s.get("ring_version", 0) == newest)
+
+    def _await_ring(self, timeout: float = 30.0) -> None:
+        """Wait until every running member uses the ring the changes so far give (its node set)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = {n: s for n, s in self.cluster.status().items() if self.cluster.is_running(n)}
+            expected = sorted(status)
+            if all(s.get("up") and sorted(s.get("ring_nodes", ())) == expected for s in status.values()):
+                return
+            if time.monotonic() > deadline:
+                raise LeaderlessError(f"the ring did not settle on {', '.join(expected)} within {timeout:g}s")
+            time.sleep(0.05)
+
+    def _members_changed(self) -> None:
+        if self.on_members is not None:
+            self.on_members(self.cluster.addresses)
 
     def _block(self, blocked: dict[str, tuple[str, ...]]) -> None:
         """Set every node's blocked peers (what ``partition`` groups cannot say)."""
@@ -352,5 +453,5 @@ class Nemesis:
         return self.history.now()
 
 
-__all__ = ["ALIASES", "FAULTS", "Fault", "NEMESES", "Nemesis", "PARTITIONS", "choose", "expand", "plan",
+__all__ = ["ALIASES", "FAULTS", "MEMBERSHIP", "NEMESES", "PARTITIONS", "Fault", "Nemesis", "choose", "expand", "plan",
            "ring_blocked", "schedule"]

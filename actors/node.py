@@ -33,10 +33,11 @@ from .coordinator import CoordinatorActor, Settings
 from .gossiper import GossiperActor
 from .mailbox import hosted_actor, hosted_by
 from .membership import Membership
-from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketProps, BucketInfo, Built, ClientGet, ClientPut, ClientUpdate,
-                       ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip, InspectRequest,
-                       PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply,
-                       ReplicaGet, ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, StoreHint, Tick, TreeReply,
+from .messages import (Ack, Acks, Batch, BatchAck, BucketCreate, BucketInfo, BucketProps, Built, ClientGet, ClientPut,
+                       ClientUpdate, ConfigRequest, CoordinatePut, DeleteHints, Drop, GetMany, GetManyReply, Gossip,
+                       InspectRequest, MembersRequest, PaxosAccepted, PaxosCommit, PaxosCommitted, PaxosPrepare, PaxosPromise,
+                       PaxosPropose, PutMany, ReapCandidates, ReapCandidatesReply, Refused, Reply, ReplicaGet,
+                       ReplicaGetReply, ReplicaPut, RingChange, SetFaults, StatusRequest, StoreHint, Tick, TreeReply,
                        TreeRequest, Unreachable)
 from .repairer import RepairerActor, RepairSettings
 from .replica import ReplicaActor
@@ -49,18 +50,22 @@ log = logging.getLogger(__name__)
 TICK = 0.05
 GC_THRESHOLD = 50_000
 _REPLICA = (ReplicaPut, CoordinatePut, ReplicaGet, PutMany, GetMany, TreeRequest, Drop, DeleteHints, ReapCandidates,
-            StoreHint)
+            StoreHint, PaxosPrepare, PaxosPropose, PaxosCommit)
 _CLIENT_REQUESTS = frozenset({ClientPut, ClientGet, ClientUpdate})
-_COORDINATOR = (Ack, Acks, Built, ReplicaGetReply, Refused)
+_COORDINATOR = (Ack, Acks, Built, ReplicaGetReply, Refused, PaxosPromise, PaxosAccepted, PaxosCommitted)
+_PAXOS_PHASES = {PaxosPrepare: "prepare", PaxosPropose: "propose", PaxosCommit: "commit"}
 _REPAIRER = (BatchAck, GetManyReply, TreeReply, ReapCandidatesReply)
 
 
 class Node:
     """Boots and stops one node."""
 
-    def __init__(self, name: str, data_dir: str | os.PathLike[str], config: ClusterConfig, secret: bytes) -> None:
+    def __init__(self, name: str, data_dir: str | os.PathLike[str], config: ClusterConfig, secret: bytes,
+                 listen: tuple[str, int] | None = None) -> None:
+        """``listen``: the address to bind (default: this node's address in ``config``, the one peers use)."""
         if name not in config.nodes:
             raise SystemExit(f"node {name!r} is not in {data_dir}/cluster.json")
+        self.listen_address = listen
         self.name = name
         self.data_dir = Path(data_dir)
         self.config = config
@@ -77,7 +82,8 @@ class Node:
         self.incarnation = int(self.store.meta_get("incarnation") or b"0") + 1
         self.store.meta_put("incarnation", str(self.incarnation).encode())
 
-        self.transport = Transport(self.name, self.secret, dict(config.nodes), self.deliver, self._undeliverable)
+        peers = self._peer_addresses()
+        self.transport = Transport(self.name, self.secret, peers, self.deliver, self._undeliverable)
         ring, version = self._load_ring()
         self.membership = Membership(self.name, ring, version, BucketProps("", "siblings", config.n, config.r, config.w))
         send = self.transport.send
@@ -85,8 +91,8 @@ class Node:
         self.hlc = HybridClock(self.name, wall=self.wall.now)
         saved_buckets = self.store.meta_get("buckets")
         self.gossiper = GossiperActor.start(
-            self.name, self.incarnation, (host, port), self.membership, dict(config.nodes), send,
-            add_peer=self.transport.add_peer, persist_ring=self._persist_ring, interval=config.gossip_interval,
+            self.name, self.incarnation, (host, port), self.membership, peers, send,
+            add_peer=self._add_peer, persist_ring=self._persist_ring, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, persist_buckets=self._persist_buckets,
             buckets=json.loads(saved_buckets) if saved_buckets else None, hlc=self.hlc,
             defaults=(config.n, config.r, config.w), heard_from=self.transport.heard_from,
@@ -98,7 +104,7 @@ class Node:
                                               hlc=self.hlc, send_batch=self.transport.send_batch)
             self.coordinator = CoordinatorActor.start(self.name, self.membership, send, settings, self.stats,
                                                       send_batch=self.transport.send_batch,
-                                                      local_replica=hosted_actor(self.replica))
+                                                      local_replica=hosted_actor(self.replica), hlc=self.hlc)
         self.repairer = RepairerActor.start(
             self.name, self.store, self.membership, send, self.gossiper, self.stats,
             RepairSettings(hint_interval=config.hint_interval, hint_window=config.hint_window,
@@ -108,10 +114,33 @@ class Node:
         self._routes: dict[type, Any] = {
             **{cls: self.replica for cls in _REPLICA}, **{cls: self.coordinator for cls in _COORDINATOR},
             **{cls: self.repairer for cls in _REPAIRER}, Gossip: self.gossiper}
-        self.transport.listen(host, port)
+        bind = self.listen_address or (host, port)
+        self.transport.listen(*bind)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"ticker-{self.name}", daemon=True)
         self._ticker.start()
-        log.info("node %s (incarnation %d) listening on %s:%d", self.name, self.incarnation, host, port)
+        log.info("node %s (incarnation %d) listening on %s:%d%s", self.name, self.incarnation, *bind,
+                 "" if bind == (host, port) else f" (peers and clients use {host}:{port})")
+
+    def _peer_addresses(self) -> dict[str, tuple[str, int]]:
+        """Every member's address: ``cluster.json``'s, updated by what gossip taught this node before it last
+        stopped (a member that joined later, or moved), so a restart reaches its peers with its seeds down.
+        This node's own address is always the configured one."""
+        peers = dict(self.config.nodes)
+        try:
+            learnt = json.loads(self.store.meta_get("addresses") or b"{}")
+            peers.update({node: (str(host), int(port)) for node, (host, port) in learnt.items()})
+        except (ValueError, TypeError) as exc:
+            log.warning("node %s ignores its saved peer addresses: %s", self.name, exc)
+        peers[self.name] = self.config.nodes[self.name]
+        return peers
+
+    def _add_peer(self, node: str, address: tuple[str, int]) -> None:
+        """Gossip (or a join) says ``node`` listens at ``address``: send there, and remember it for restarts."""
+        self.transport.add_peer(node, address)
+        try:
+            self.store.meta_put("addresses", json.dumps(self.transport.addresses(), sort_keys=True).encode())
+        except StoreError as exc:            # a full disk: gossip tells it again after a restart
+            log.warning("node %s could not save the address of %s: %s", self.name, node, exc)
 
     def _load_ring(self) -> tuple[Ring, int]:
         """The ring this node last adopted, or the cluster's first ring at version 0 (any gossiped ring wins)."""
@@ -119,8 +148,10 @@ class Node:
         if saved is not None:
             body = json.loads(saved)
             return Ring.from_data(body["ring"]), int(body["version"])
+        # target_n is the cluster's n even while fewer nodes are members (a cluster started one host at a
+        # time): the ring keeps it as nodes join, so any n consecutive partitions get distinct owners.
         nodes = self.config.initial_ring_nodes()
-        return Ring(nodes, partitions=self.config.partitions, target_n=min(self.config.n, len(nodes))), 0
+        return Ring(nodes, partitions=self.config.partitions, target_n=self.config.n), 0
 
     def _last_seen_up(self) -> list[str]:
         """The members this node saw up (or leaving) when it last stopped or crashed."""
@@ -182,6 +213,8 @@ class Node:
                 conn.send(Reply(message.req_id, True, self.status()))
             elif isinstance(message, ConfigRequest):
                 conn.send(Reply(message.req_id, True, self.config_for_joiners()))
+            elif isinstance(message, MembersRequest):
+                conn.send(Reply(message.req_id, True, self.members()))
             elif isinstance(message, (RingChange, BucketCreate, BucketInfo)):
                 to_gossiper.append(_with_reply_to(message, conn))
             elif isinstance(message, SetFaults):
@@ -235,6 +268,17 @@ class Node:
         body["ring_nodes"] = list(self.config.initial_ring_nodes())
         return body
 
+    def members(self) -> dict[str, Any]:
+        """Every member this node knows, its address and state, for clients (``MembersRequest``)."""
+        addresses = self.transport.addresses()
+        addresses[self.name] = self.config.nodes[self.name]
+        states = self.membership.states
+        incarnations = {**self.membership.incarnations, self.name: self.incarnation}
+        return {"members": {node: [host, port, states.get(node, "down"), incarnations.get(node, 0)]
+                            for node, (host, port) in addresses.items() if node in states},
+                "timeout": self.config.timeout, "n": self.config.n, "cluster_id": self.config.cluster_id,
+                "ring_version": self.membership.ring_version, "ring": self.membership.ring.to_data()}
+
     def join_cluster(self, timeout: float = 60.0) -> None:
         """Ask a member to put this node into the ring (unless it already is), retrying until one answers."""
         from .client import Client
@@ -274,6 +318,8 @@ class Node:
         lost = [Unreachable(m.req_id, dest) for m in messages
                 if isinstance(m, (ReplicaPut, CoordinatePut, ReplicaGet)) and m.coordinator == self.name
                 and getattr(m, "want_ack", True)]
+        lost += [Unreachable(m.req_id, dest, m.ballot, _PAXOS_PHASES[type(m)]) for m in messages
+                 if type(m) in _PAXOS_PHASES and m.coordinator == self.name]
         if lost:
             try:
                 self.coordinator.tell(lost[0] if len(lost) == 1 else Batch(lost))
@@ -293,6 +339,7 @@ class Node:
             "incarnations": dict(self.membership.incarnations),
             "ring_version": self.membership.ring_version,
             "ring_nodes": list(self.membership.ring.nodes),
+            "ring_target_n": self.membership.ring.target_n,
             "blocked": sorted(self.transport.blocked),
             "faults": {k: v for k, v in msgspec.structs.asdict(self.faults).items()
                        if k not in ("req_id", "reply_to") and v},
@@ -382,12 +429,12 @@ def raise_descriptor_limit() -> int:
 
 
 def run(name: str, data_dir: str, faults: dict[str, Any] | None = None, join: bool = False,
-        owner_pipe: bool = False) -> int:
+        owner_pipe: bool = False, listen: tuple[str, int] | None = None) -> int:
     """Run one node in this process until SIGTERM/SIGINT, until it has left the cluster, or (``owner_pipe``)
-    until stdin reaches EOF."""
+    until stdin reaches EOF. ``listen``: the address to bind, when not the one in ``cluster.json``."""
     raise_descriptor_limit()
     config = ClusterConfig.load(data_dir)
-    node = Node(name, data_dir, config, load_secret(data_dir))
+    node = Node(name, data_dir, config, load_secret(data_dir), listen)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     faults = dict(faults or {})

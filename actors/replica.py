@@ -42,6 +42,7 @@ from storage.objects import Obj
 from storage.store import Store, StoreFull
 from storage.versions import DVVSet
 
+from . import paxos
 from .committer import Commit, Committed, CommitterActor, DeleteHintsJob, DropKeys, Dropped, commit, drop
 from .errors import InvalidRequest, LeaderlessError, NotPresent, RequestTimeout, StorageFull, VersionMismatch
 from .mailbox import Actor
@@ -60,6 +61,12 @@ from .messages import (
     GetManyReply,
     InspectRequest,
     LocalObject,
+    PaxosAccepted,
+    PaxosCommit,
+    PaxosCommitted,
+    PaxosPrepare,
+    PaxosPromise,
+    PaxosPropose,
     PutMany,
     ReapCandidates,
     ReapCandidatesReply,
@@ -182,6 +189,8 @@ class ReplicaActor(Actor):
         self._committer: Any = None                  # started with the actor; None: commits run inline
         self._stash: list[Any] | None = None         # messages held back until a drop is done
         self._pending_hints: list[tuple[str, str, Obj]] = []
+        self._pending_paxos: dict[str, bytes] = {}   # Paxos acceptor states to keep with the next commit
+        self._committing_paxos: dict[str, bytes] = {}
         self._acks: list[tuple[str, Any]] = []
         self._flush_told = False
         self._records: dict[str, bytes | None] = {}  # stored records prefetched for the batch at hand
@@ -305,6 +314,8 @@ class ReplicaActor(Actor):
             self.send(self.name, message_reply)
         elif isinstance(message, InspectRequest):
             message.reply_to.send(Reply(message.req_id, True, local_object(self._current(message.key))))
+        elif isinstance(message, (PaxosPrepare, PaxosPropose, PaxosCommit)):
+            self._paxos(message)
         else:
             log.warning("replica %s ignored unexpected %s", self.name, type(message).__name__)
 
@@ -416,17 +427,18 @@ class ReplicaActor(Actor):
         if self._busy:
             return
         self._records = {}                        # the commit below changes what is stored
-        objects, hints, acks = self._pending, self._pending_hints, self._acks
-        self._pending, self._pending_hints, self._acks = {}, [], []
-        if not objects and not hints:
+        objects, hints, acks, ballots = self._pending, self._pending_hints, self._acks, self._pending_paxos
+        self._pending, self._pending_hints, self._acks, self._pending_paxos = {}, [], [], {}
+        if not objects and not hints and not ballots:
             self._send_acks(acks)             # nothing new to write: these waited for an earlier commit
             self._next_job()
             return
-        job = Commit(objects, hints, acks)
+        job = Commit(objects, hints, acks, ballots)
         if self._committer is None:
             self._committed(commit(self.store, job))
             return
         self._committing = objects
+        self._committing_paxos = ballots
         self._busy = True
         self._committer.tell(job)
 
@@ -434,6 +446,7 @@ class ReplicaActor(Actor):
         """A group commit is done: acknowledge it (never what may not be durable), start the next."""
         self._busy = False
         self._committing = {}
+        self._committing_paxos = {}
         objects, acks, exc = message.objects, message.acks, message.error
         if exc is not None:
             full = isinstance(exc, StoreFull)
@@ -460,7 +473,7 @@ class ReplicaActor(Actor):
         is already in the inbox: a ``Flush`` queues behind it), else a drop waiting for it."""
         if self._busy:
             return
-        if self._pending or self._pending_hints or self._acks:
+        if self._pending or self._pending_hints or self._acks or self._pending_paxos:
             self._tell_flush()
         elif self._stash and type(self._stash[0]) is Drop:
             self._start_drop()
@@ -563,6 +576,35 @@ class ReplicaActor(Actor):
         for key, khash in keys.items():
             update(partition, key, stored[key], khash)
 
+
+    # --- Paxos acceptor (serial requests: actors.paxos) -------------------------------------
+
+    def _paxos_state(self, key: str) -> paxos.AcceptorState:
+        data = self._pending_paxos.get(key) or self._committing_paxos.get(key) or self.store.paxos_get(key)
+        return paxos.AcceptorState.decode(data)
+
+    def _paxos(self, message: PaxosPrepare | PaxosPropose | PaxosCommit) -> None:
+        """Answer a Paxos message; what changes the acceptor's state (or the key's value) is answered
+        only once it is durable, with the next group commit."""
+        key = message.key
+        state = self._paxos_state(key)
+        if isinstance(message, PaxosPrepare):
+            promised, ok = paxos.on_prepare(state, message.ballot)
+            reply: Any = PaxosPromise(message.req_id, self.name, message.ballot, ok, state.promised,
+                                      state.accepted, state.accepted_obj, state.committed, self._answer(key))
+        elif isinstance(message, PaxosPropose):
+            promised, ok = paxos.on_propose(state, message.ballot, paxos.record(message.obj) or b"")
+            reply = PaxosAccepted(message.req_id, self.name, message.ballot, ok, state.promised)
+        else:
+            promised, ok = paxos.on_commit(state, message.ballot), True
+            self._merge(key, paxos.as_object(message.obj), None)
+            reply = PaxosCommitted(message.req_id, self.name, message.ballot)
+        if promised is None:
+            self.send(message.coordinator, reply)       # refused: nothing changed, nothing to wait for
+            return
+        self._pending_paxos[key] = promised.encode()
+        self._acks.append((message.coordinator, reply))
+        self._tell_flush()
 
     # --- repair support --------------------------------------------------------------------
 

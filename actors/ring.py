@@ -747,14 +747,18 @@ class Ring:
 
     # ----------------------------------------------------------------------- membership changes
 
-    def with_node(self, node: str) -> Ring:
-        """A new ring with ``node`` added: it takes floor(Q/(S+1)) partitions from the fullest nodes."""
+    def with_node(self, node: str, target_n: int | None = None) -> Ring:
+        """A new ring with ``node`` added: it takes floor(Q/(S+1)) partitions from the fullest nodes.
+
+        ``target_n`` (default: this ring's) is the new ring's: a larger one re-lays what it must so that
+        any ``min(target_n, S)`` consecutive partitions have distinct owners again."""
         node = _check_node(node)
         if node in self.nodes:
             raise RingError(f"node {node!r} is already in the ring")
         if len(self.nodes) + 1 > self.partitions:
             raise RingError(f"{len(self.nodes) + 1} nodes need at least as many partitions, got {self.partitions}")
-        return Ring._of(_grow(self.owners, node, self.target_n), self.partitions, self.target_n)
+        t = self.target_n if target_n is None else _check_target_n(target_n)
+        return Ring._of(_grow(self.owners, node, t), self.partitions, t)
 
     def without_node(self, node: str) -> Ring:
         """A new ring with ``node`` removed: its partitions are handed to the others."""

@@ -62,6 +62,23 @@ CONNECT_ATTEMPTS = 3
 CONNECT_RETRY_PAUSE = 0.05
 _STOP = object()
 
+# --- dead connections: how soon a socket whose other end is gone (a host cut off, powered off) is closed ---
+KEEPALIVE_IDLE = 2
+"""Seconds a connection may be idle before TCP probes the other end (``TCP_KEEPIDLE``). Peer links carry
+gossip several times a second, so only a quiet link or a client's idle connection ever probes."""
+KEEPALIVE_INTERVAL = 1
+"""Seconds between unanswered keepalive probes (``TCP_KEEPINTVL``)."""
+KEEPALIVE_COUNT = 3
+"""Unanswered probes before the connection is dropped (``TCP_KEEPCNT``): idle + 3 x 1 s, about 5 s."""
+USER_TIMEOUT_MS = 4000
+"""Milliseconds sent data may stay unacknowledged before the kernel drops the connection
+(``TCP_USER_TIMEOUT``; it bounds keepalive too). Without it a cut-off peer's socket stays open for
+about 15 minutes (``tcp_retries2``), its retransmissions backing off up to minutes apart, so a link
+would only notice a healed network at the next retransmission (12 s after a 15 s cut). 4 s is more
+than the default request timeout (3 s) and than gossip needs to see the peer down, so a slow but
+live peer is convicted by the failure detector, not by this; the store takes a dropped connection
+as dropped messages (deadlines, hints and repair cover them) and the next send reconnects."""
+
 # --- limits: what one node gives connections it has not authenticated yet, and all of them -----
 MAX_HANDSHAKING = 64
 """Connections handshaking at once. Each holds a thread for up to HANDSHAKE_TIMEOUT; honest ones
@@ -165,6 +182,31 @@ def _drain(q: "queue.SimpleQueue[Any]", first: Any, size: Callable[[Any], int] =
 
 def _data_size(item: tuple[bytes, Any]) -> int:
     return len(item[0])
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """Make a dead other end show within seconds (see ``KEEPALIVE_IDLE`` and ``USER_TIMEOUT_MS``):
+    TCP keepalive for idle connections, a user timeout for ones with data in flight."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    except (OSError, AttributeError) as exc:       # not Linux, or not TCP: the defaults stay
+        log.debug("cannot set keepalive options: %s", exc)
+
+
+def retransmitting(sock: socket.socket) -> bool:
+    """True if ``sock`` waits on a retransmission or zero-window probe timer (``TCP_INFO``): data it sent
+    went unanswered, and the kernel will not try again before that timer, which backs off to seconds
+    or minutes. A socket in that state to a peer known to be back is better closed and reopened."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except (OSError, AttributeError):
+        return False
+    # struct tcp_info: state, ca_state, retransmits, probes, backoff (one byte each), ...
+    return len(info) >= 5 and bool(info[2] or info[3] or info[4])
 
 
 class Connection:
@@ -293,6 +335,28 @@ class PeerLink:
         """The peer just talked to us: a failed connect is worth retrying at once."""
         self._retry_at = 0.0
 
+    def peer_back(self) -> None:
+        """Gossip says the peer is up again (restarted, or reachable after a cut): connect at once, and drop
+        a connection still waiting on TCP's retransmission backoff (what it held is lost either way), so
+        the next send goes out on a fresh one instead of after the next retransmission."""
+        self._retry_at = 0.0
+        channel = self._channel
+        if channel is not None and not channel.closed and retransmitting(channel.sock):
+            log.info("link %s -> %s was stalled in TCP retransmission; reconnecting", self.me, self.peer)
+            channel.close()
+
+    def move(self, address: tuple[str, int]) -> None:
+        """The peer now listens at ``address`` (it restarted elsewhere): close the connection to the old
+        one; the next send connects to the new one at once."""
+        if address == self.address:
+            return
+        log.info("link %s -> %s moves from %s:%s to %s:%s", self.me, self.peer, *self.address, *address)
+        self.address = address
+        self._retry_at = 0.0
+        channel = self._channel
+        if channel is not None:
+            channel.close()
+
     def _drop(self, messages: list[Any]) -> None:
         self.dropped += len(messages)
         if self._on_drop is not None and messages:
@@ -356,19 +420,24 @@ class PeerLink:
         now = time.monotonic()
         if now < self._retry_at:
             return None
+        address = self.address
         try:
-            sock = socket.create_connection(self.address, timeout=CONNECT_TIMEOUT)
+            sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
         except OSError:
             self._retry_at = now + RECONNECT_BACKOFF
             return None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keep_alive(sock)
             client_handshake(sock, self._secret)
             sock.sendall(encode(Hello("peer", self.me)))
         except (OSError, AuthenticationFailed, ProtocolError) as exc:
-            log.warning("cannot link %s -> %s at %s:%s: %s", self.me, self.peer, *self.address, exc)
+            log.warning("cannot link %s -> %s at %s:%s: %s", self.me, self.peer, *address, exc)
             sock.close()
             self._retry_at = now + RECONNECT_BACKOFF
+            return None
+        if address != self.address:          # moved while connecting: the next attempt goes to the new one
+            sock.close()
             return None
         return sock
 
@@ -468,10 +537,11 @@ class Transport:
         return self._heard.get(peer)
 
     def peer_back(self, peer: str) -> None:
-        """Gossip says ``peer`` (re)started: the link to it connects at the next send, with no backoff."""
+        """Gossip says ``peer`` (re)started, or is up again after being down: the link to it connects at the
+        next send, with no backoff, on a fresh connection if its own is stalled (``PeerLink.peer_back``)."""
         link = self._links.get(peer)
         if link is not None:
-            link.peer_alive()
+            link.peer_back()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -553,9 +623,16 @@ class Transport:
             return dict(self._peers)
 
     def add_peer(self, name: str, address: tuple[str, int]) -> None:
-        if name != self.name:
-            with self._lock:
-                self._peers[name] = address
+        """``name`` listens at ``address`` (learnt from gossip or a join): messages go there from now on,
+        over a new connection if the link to it was open to another address."""
+        if name == self.name:
+            return
+        address = (address[0], int(address[1]))
+        with self._lock:
+            self._peers[name] = address
+            link = self._links.get(name)
+        if link is not None:
+            link.move(address)
 
     def send(self, dest: str, message: Any, data: bytes | None = None) -> None:
         """Send to a peer (or to this node itself, delivered locally). Never blocks.
@@ -620,6 +697,7 @@ class Transport:
             with self._lock:
                 link = self._links.get(dest)
                 if link is None:
+                    address = self._peers.get(dest, address)     # add_peer may have moved it meanwhile
                     link = self._links[dest] = PeerLink(self.name, dest, address, self._secret, self._loop,
                                                         self._on_drop)
         return link
@@ -738,6 +816,7 @@ class Transport:
         pending: list[Any] = []
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keep_alive(sock)             # a client or peer whose host vanished is closed within seconds
             server_handshake(sock, self._secret, deadline)
             hello, pending = self._read_hello(sock, reader, deadline)
             if hello.kind == "client":

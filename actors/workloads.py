@@ -15,14 +15,22 @@
   that read's context; reader threads read random keys (for stale-read counting).
 - ``counter``: threads increment and decrement a few keys of a ``counter`` bucket (CRDT
   operations, retried by the client with one operation id); readers read them.
+- ``orset``, ``map``, ``delete``: removes and deletes (``actors.removal_workloads``).
 
-``mode`` picks the bucket type the ``set`` and ``register`` workloads write to: ``siblings``
-(the default bucket, dotted version vectors) or ``lww`` (last write wins by hybrid clock,
-lossy by design: the checker then measures how much it loses).
+``mode`` picks the bucket type the ``set``, ``register`` and ``delete`` workloads write to:
+``siblings`` (dotted version vectors) or ``lww`` (last write wins by hybrid clock, lossy by
+design: the checker then measures how much it loses).
+
+``n``, ``r``, ``w``: the workload's bucket. With ``n`` given, every workload writes to a
+bucket of its own created with that n (and ``r``/``w``, capped at n); without, ``set`` and
+``register`` use the default bucket (the cluster's n, r, w) and the others a bucket with
+the cluster's n. ``replicas()`` names each key as replicas store it, with its n (what
+the convergence and copy-count checks need).
 
 Each thread has its own ``Client`` bound to two nodes (spread round the cluster), so a
-fault near "its" nodes shows up as failed or indeterminate ops. Every loop is bounded in
-op count and, through ``stop()``, in time.
+fault near "its" nodes shows up as failed or indeterminate ops; after a membership change
+(``members_changed``) each thread binds its client to two of the new members. Every loop is
+bounded in op count and, through ``stop()``, in time.
 """
 
 from __future__ import annotations
@@ -38,11 +46,15 @@ from .checker import check_counter, check_register, check_set
 from .client import Client
 from .errors import InvalidRequest, LeaderlessError
 from .history import History, outcome_of
+from .messages import BucketProps
 
 log = logging.getLogger(__name__)
 
-WORKLOADS = ("set", "register", "counter")
+WORKLOADS = ("set", "orset", "map", "register", "counter", "delete", "cas-register", "unique")
 MODES = ("siblings", "lww")
+LWW_WORKLOADS = ("set", "register", "delete")
+"""The workloads that write whole values, so that ``--mode lww`` applies to them."""
+SEPARATOR = "\x00"
 _SPLIT = re.compile(r"[,\n]")
 
 
@@ -73,14 +85,25 @@ class Workload:
     name = ""
 
     bucket = ""
+    """The bucket written to (``""``: the default bucket); set in ``__init__``."""
     bucket_type = "siblings"
+    own_bucket = False
+    """Whether the workload always uses a bucket of its own (CRDT types), not the default bucket."""
 
     def __init__(self, cluster: Any, history: History, *, seed: int = 0, client_timeout: float = 1.0,
-                 pause_s: float = 0.005, max_ops: int = 100_000, mode: str = "siblings") -> None:
+                 pause_s: float = 0.005, max_ops: int = 100_000, mode: str = "siblings", n: int | None = None,
+                 r: int | str | None = None, w: int | str | None = None) -> None:
         if mode not in MODES:
             raise InvalidRequest(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode != "siblings" and self.name not in LWW_WORKLOADS:
+            raise InvalidRequest(f"the {self.name} workload uses a {self.bucket_type} bucket; --mode {mode} applies "
+                                 f"to {', '.join(LWW_WORKLOADS)}")
         if mode == "lww":
-            self.bucket, self.bucket_type = "chaos-lww", "lww"
+            self.bucket_type = "lww"
+        if self.own_bucket or mode == "lww" or n is not None:
+            self.bucket = f"chaos-{self.name}" + ("-lww" if mode == "lww" else "")
+        if n is not None and not 1 <= n <= len(cluster.nodes):
+            raise InvalidRequest(f"n={n} must be between 1 and the {len(cluster.nodes)} nodes")
         self.mode = mode
         self.cluster = cluster
         self.history = history
@@ -88,24 +111,29 @@ class Workload:
         self.client_timeout = client_timeout
         self.pause_s = pause_s
         self.max_ops = max_ops
+        self.n = n if n is not None else cluster.config.n
+        self.r = _cap(r, self.n)
+        self.w = _cap(w, self.n)
+        self.props: BucketProps | None = None  # the bucket's properties once created
         self.keys: list[str] = []
         self.errors: list[str] = []           # unexpected exceptions in threads (bugs, not faults)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._clients: list[Client] = []
+        self._clients: list[_Home] = []
+        self._members = dict(cluster.addresses)  # name -> address; replaced on membership changes
+        self._generation = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         if self.bucket:
             with self.cluster.client() as admin:
-                admin.create_bucket(self.bucket, type=self.bucket_type)
+                self.props = admin.create_bucket(self.bucket, type=self.bucket_type, n=self.n, r=self.r,
+                                                 w=self.w).props
         for proc, target in enumerate(self._plan()):
-            nodes = self.cluster.nodes
-            home = [nodes[proc % len(nodes)], nodes[(proc + 1) % len(nodes)]]
-            client = self.cluster.client(nodes=home, timeout=self.client_timeout)
-            self._clients.append(client)
-            thread = threading.Thread(target=self._guard, args=(target, proc, client),
+            home = _Home(self, proc)
+            self._clients.append(home)
+            thread = threading.Thread(target=self._guard, args=(target, proc, home),
                                       name=f"{self.name}-p{proc}", daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -121,11 +149,32 @@ class Workload:
             client.close()
         self._clients.clear()
 
+    def members_changed(self, addresses: Mapping[str, Any]) -> None:
+        """The cluster's members changed (a node joined or left): threads rebind their clients."""
+        self._members = dict(addresses)
+        self._generation += 1
+
+    def replicas(self) -> dict[str, int]:
+        """Every key as replicas store it (``bucket\\0key``), with the n of its bucket."""
+        return {self.storage_key(key): self.n for key in self.keys}
+
+    def storage_key(self, key: str) -> str:
+        return f"{self.bucket}{SEPARATOR}{key}" if self.bucket else key
+
+    def describe_bucket(self) -> dict[str, Any]:
+        """The bucket written to: name, type, n, r, w."""
+        if self.props is not None:
+            return {"name": self.props.name, "type": self.props.type, "n": self.props.n, "r": self.props.r,
+                    "w": self.props.w}
+        config = self.cluster.config
+        return {"name": self.bucket, "type": self.bucket_type, "n": self.n, "r": self.r or config.r,
+                "w": self.w or config.w}
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def _guard(self, target: Any, proc: int, client: Client) -> None:
+    def _guard(self, target: Any, proc: int, client: Any) -> None:
         try:
             target(proc, client, random.Random(f"{self.seed}/{proc}"))
         except Exception as exc:          # a bug in the workload or the client, not a fault
@@ -189,6 +238,48 @@ class Workload:
 
     def check(self, final_reads: Mapping[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+
+class _Home:
+    """A thread's client: bound to two members (spread round the cluster by thread number), and
+    built again on the current members after a membership change. Calls go to that ``Client``."""
+
+    def __init__(self, workload: Workload, proc: int) -> None:
+        self.workload = workload
+        self.proc = proc
+        self._client: Client | None = None
+        self._generation = -1
+        self._lock = threading.Lock()
+
+    def current(self) -> Client:
+        workload = self.workload
+        with self._lock:
+            if self._client is None or self._generation != workload._generation:
+                if self._client is not None:
+                    self._client.close()
+                self._generation = workload._generation
+                members = dict(workload._members)
+                nodes = sorted(members, key=lambda name: (len(name), name))
+                home = [nodes[self.proc % len(nodes)], nodes[(self.proc + 1) % len(nodes)]]
+                self._client = Client(members, workload.cluster.secret, nodes=list(dict.fromkeys(home)),
+                                      timeout=workload.client_timeout, node_timeout=workload.cluster.config.timeout)
+            return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _cap(quorum: int | str | None, n: int) -> int | str | None:
+    """A quorum given as a number, capped at the bucket's n (names such as ``all`` resolve per bucket)."""
+    if isinstance(quorum, str) and quorum.isdigit():
+        quorum = int(quorum)
+    return min(quorum, n) if isinstance(quorum, int) else quorum
 
 
 class SetWorkload(Workload):
@@ -311,14 +402,12 @@ class CounterWorkload(Workload):
     """Increments and decrements of a few keys of a ``counter`` bucket, and reads of them."""
 
     name = "counter"
-    bucket = "chaos-counter"
     bucket_type = "counter"
+    own_bucket = True
     DELTAS = (1, 1, 2, 3, 5, -1, -2)
 
     def __init__(self, cluster: Any, history: History, *, keys: int = 2, incrementers: int = 4, readers: int = 2,
                  attempts: int = 3, **kwargs: Any) -> None:
-        if kwargs.get("mode", "siblings") != "siblings":
-            raise InvalidRequest("the counter workload has no mode: it always uses a counter bucket")
         super().__init__(cluster, history, **kwargs)
         self.keys = [f"counter:{i}" for i in range(keys)]
         self.incrementers = incrementers
@@ -374,15 +463,18 @@ def _counter_of(result: Any) -> Any:
 
 
 def make_workload(name: str, cluster: Any, history: History, **kwargs: Any) -> Workload:
-    """The workload called ``name``: ``set``, ``register`` or ``counter``."""
-    if name == "set":
-        return SetWorkload(cluster, history, **kwargs)
-    if name == "register":
-        return RegisterWorkload(cluster, history, **kwargs)
-    if name == "counter":
-        return CounterWorkload(cluster, history, **kwargs)
-    raise InvalidRequest(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    """The workload called ``name`` (one of ``WORKLOADS``)."""
+    from .removal_workloads import DeleteWorkload, MapWorkload, OrSetWorkload
+    from .serial_workloads import CasRegisterWorkload, UniqueWorkload
+
+    classes: dict[str, type[Workload]] = {"set": SetWorkload, "orset": OrSetWorkload, "map": MapWorkload,
+                                          "register": RegisterWorkload, "counter": CounterWorkload,
+                                          "delete": DeleteWorkload, "cas-register": CasRegisterWorkload,
+                                          "unique": UniqueWorkload}
+    if name not in classes:
+        raise InvalidRequest(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    return classes[name](cluster, history, **kwargs)
 
 
-__all__ = ["CounterWorkload", "MODES", "RegisterWorkload", "SetWorkload", "WORKLOADS", "Workload",
+__all__ = ["LWW_WORKLOADS", "MODES", "WORKLOADS", "CounterWorkload", "RegisterWorkload", "SetWorkload", "Workload",
            "encode_set", "make_workload", "parse_register", "parse_set"]

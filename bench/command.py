@@ -2,6 +2,7 @@
 
     leaderless bench --nodes 3 --workload w --time 10 [--json] [--out ./bench-results]
     leaderless bench --data-dir ./leaderless-data --workload a      # a cluster already running
+    leaderless bench --seeds 10.0.0.1:7001 --secret FILE --workload a   # one across hosts
     leaderless bench --compare [--workloads w,c] [--peers etcd,pysyncobj,toy] [--rounds 3]
     leaderless bench --gray [--slow-ms 50]
 
@@ -59,6 +60,11 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Benchmark the running cluster with this data directory (`leaderless cluster up`'s, "
                           "or a copy of a multi-host cluster's) instead of a fresh one; its nodes are left "
                           "running and the keys go to a bucket of their own, bench-nNrRwW."),
+        click.option("--seeds", default=None, envvar="LEADERLESS_SEEDS", metavar="HOST:PORT[,HOST:PORT...]",
+                     help="Benchmark the running cluster these members belong to (a cluster across hosts), "
+                          "like --data-dir; needs --secret. Env: LEADERLESS_SEEDS."),
+        click.option("--secret", default=None, envvar="LEADERLESS_SECRET", type=click.Path(dir_okay=False),
+                     help="With --seeds: a copy of the cluster's secret file. Env: LEADERLESS_SECRET."),
         click.option("--n", "n_val", default=3, show_default=True, type=int, help="Replicas per key."),
         click.option("--r", "r_val", default=2, show_default=True, type=int, help="Read quorum."),
         click.option("--w", "w_val", default=2, show_default=True, type=int, help="Write quorum."),
@@ -98,12 +104,24 @@ def make_config(options: dict[str, Any], mode: str) -> BenchConfig:
     client_nodes = options.get("client_nodes")
     gray = mode == "gray"
     data_dir, node_names, nodes = options.get("data_dir"), None, options["nodes"]
-    if data_dir is not None:
+    seeds, secret = options.get("seeds"), options.get("secret")
+    if seeds is not None and data_dir is not None:
+        raise OptionError("seeds", "--seeds and --data-dir both name a running cluster: pick one")
+    if secret is not None and seeds is None:
+        raise OptionError("secret", "--secret goes with --seeds")
+    if data_dir is not None or seeds is not None:
+        option = "data-dir" if data_dir is not None else "seeds"
         if nodes is not None:
-            raise OptionError("nodes", "--nodes sizes a fresh cluster; with --data-dir the running cluster's "
+            raise OptionError("nodes", f"--nodes sizes a fresh cluster; with --{option} the running cluster's "
                                        "nodes are used")
-        data_dir = os.path.abspath(data_dir)
-        node_names = _running_nodes(data_dir)
+        if data_dir is not None:
+            data_dir = os.path.abspath(data_dir)
+            node_names = _running_nodes(data_dir)
+        else:
+            if secret is None:
+                raise OptionError("secret", "--seeds needs --secret FILE (a copy of the cluster's secret file)")
+            secret = os.path.abspath(secret)
+            node_names = _members(seeds, secret)
         nodes = len(node_names)
     config = BenchConfig(
         workload=options["workload"] or ("a" if gray else "w"),
@@ -113,7 +131,7 @@ def make_config(options: dict[str, Any], mode: str) -> BenchConfig:
         inflight=options["inflight"] if options["inflight"] is not None else (8 if gray else 64),
         time_s=options["time_s"], warmup_s=options["warmup_s"], bucket_type=options["bucket_type"],
         client_nodes=tuple(n.strip() for n in client_nodes.split(",") if n.strip()) if client_nodes else None,
-        seed=options["seed"], data_dir=data_dir, node_names=node_names)
+        seed=options["seed"], data_dir=data_dir, node_names=node_names, seeds=seeds, secret=secret)
     return config.validate()
 
 
@@ -128,13 +146,27 @@ def _running_nodes(data_dir: str) -> tuple[str, ...]:
         raise OptionError("data-dir", str(exc)) from None
 
 
+def _members(seeds: str, secret: str) -> tuple[str, ...]:
+    """The members of the cluster the seeds belong to; OptionError if none answers."""
+    from actors import connect
+    from actors.errors import LeaderlessError
+
+    try:
+        with connect(seeds=seeds, secret=secret) as client:
+            return tuple(client.addresses)
+    except LeaderlessError as exc:
+        raise OptionError("seeds", str(exc)) from None
+
+
 def run(mode: str | None = None, **options: Any) -> None:
     """Carry out one ``leaderless bench`` invocation (``mode``: None, "compare" or "gray")."""
     mode = mode or ("compare" if options.get("compare") else "gray" if options.get("gray") else "bench")
     if options.get("compare") and options.get("gray"):
         raise OneLineUsageError("--compare and --gray are separate runs: pick one")
-    if options.get("data_dir") is not None and mode != "bench":
-        raise OneLineUsageError(f"--data-dir benchmarks a running cluster; --{mode} starts clusters of its own")
+    for option in ("data_dir", "seeds"):
+        if options.get(option) is not None and mode != "bench":
+            raise OneLineUsageError(f"--{option.replace('_', '-')} benchmarks a running cluster; --{mode} starts "
+                                    "clusters of its own")
     try:
         config = make_config(options, mode)
         if mode == "compare":
@@ -173,7 +205,7 @@ def run(mode: str | None = None, **options: Any) -> None:
             else:
                 from .report import print_run, save, stamp
                 from .runner import run_leaderless, run_running
-                report = (run_running if config.data_dir else run_leaderless)(config, progress=progress)
+                report = (run_running if config.running else run_leaderless)(config, progress=progress)
                 files = save(report, options["out_dir"], f"bench-{config.workload}-{stamp()}")
                 show = print_run
     except BenchError as exc:

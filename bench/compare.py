@@ -54,6 +54,10 @@ def check_workloads(text: str) -> tuple[str, ...]:
     if unknown or not names:
         raise OptionError("workloads", f"unknown workloads {', '.join(unknown) or '(none)'}: use "
                                        f"{', '.join(WORKLOADS)}")
+    serial = [w for w in names if WORKLOADS[w].write_op != "write"]
+    if serial:
+        raise OptionError("workloads", f"{', '.join(serial)} has no counterpart in the peers: run it with "
+                                       "`leaderless bench --workload cas`, beside `--workload w`")
     return names
 
 

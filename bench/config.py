@@ -41,6 +41,8 @@ class BenchConfig:
     seed: int = 7
     request_timeout: float | None = None
     data_dir: str | None = None         # a running cluster's data dir (None: a fresh local cluster)
+    seeds: str | None = None            # or a running cluster's seeds ("h1:p1,h2:p2") ...
+    secret: str | None = None           # ... and the path of a copy of its secret file
     node_names: tuple[str, ...] | None = None       # that cluster's nodes (from its config)
 
     def validate(self) -> BenchConfig:
@@ -84,10 +86,20 @@ class BenchConfig:
         """The bucket the clients use. A fresh cluster's are made for the run (the LWW bench bucket,
         or the default bucket with the cluster's N/R/W). A running cluster gets a bucket of its own
         per type and N/R/W, so a run never meets keys of another kind or a bucket it cannot create."""
-        if self.data_dir is None:
+        if not self.running:
             return BENCH_BUCKET if self.bucket_type == "lww" else ""
         kind = "" if self.bucket_type == "lww" else f"-{self.bucket_type}"
         return f"{BENCH_BUCKET}{kind}-n{self.n}r{self.r}w{self.w}"
+
+    @property
+    def running(self) -> bool:
+        """A cluster that was running before the run (``data_dir`` or ``seeds``), not a fresh one."""
+        return self.data_dir is not None or self.seeds is not None
+
+    @property
+    def where(self) -> str:
+        """The running cluster, as a person would name it."""
+        return f"seeds {self.seeds}" if self.seeds else str(self.data_dir)
 
     def replace(self, **changes: Any) -> BenchConfig:
         return dataclasses.replace(self, **changes)

@@ -102,7 +102,8 @@ class LeaderlessDriver:
     def __init__(self, target: dict[str, Any]) -> None:
         from actors import connect
 
-        self.client = connect(target["data_dir"], nodes=target.get("client_nodes"),
+        self.client = connect(target.get("data_dir"), seeds=target.get("seeds"), secret=target.get("secret"),
+                              nodes=target.get("client_nodes"),
                               timeout=target.get("request_timeout"))
         self.bucket = target.get("bucket", "")
         self._completed = Completions()
@@ -110,7 +111,7 @@ class LeaderlessDriver:
     def _send(self, op: str, key: str, value: bytes) -> Any:
         if op == "read":
             return self.client.get_async(key, bucket=self.bucket)
-        return self.client.put_async(key, value, bucket=self.bucket)
+        return self.client.put_async(key, value, bucket=self.bucket, serial=op == "cas")
 
     def submit(self, op: str, key: str, value: bytes) -> Any:
         future = self._send(op, key, value)

@@ -95,8 +95,8 @@ class Harness:
             node = NODES[(done // batch) % len(NODES)]
             for i in range(done, min(ops, done + batch)):
                 key = f"key{(i * 7919) % 10_000}"
-                request = (ClientPut(i, key, b"v" * 100, (), None, None, BUCKET, None, self.conn) if kind == "put"
-                           else ClientGet(i, key, None, None, BUCKET, None, self.conn))
+                request = (ClientPut(i, key, b"v" * 100, bucket=BUCKET, reply_to=self.conn) if kind == "put"
+                           else ClientGet(i, key, bucket=BUCKET, reply_to=self.conn))
                 self.queues.setdefault((node, "coordinator"), []).append(request)
             done = min(ops, done + batch)
             self._pump()

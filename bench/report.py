@@ -96,9 +96,10 @@ def footnotes(report: dict[str, Any]) -> list[str]:
         lines.append("group commit (writes per fsync): "
                      + ", ".join(f"{n} {g['per_commit']}" for n, g in commits.items()))
     config = report.get("config") or {}
-    if config.get("data_dir"):
+    if config.get("data_dir") or config.get("seeds"):
         sampled = report.get("servers_sampled") or []
-        lines.append(f"running cluster at {config['data_dir']}, bucket {config['bucket']}; servers' CPU sampled on "
+        where = f"seeds {config['seeds']}" if config.get("seeds") else config["data_dir"]
+        lines.append(f"running cluster at {where}, bucket {config['bucket']}; servers' CPU sampled on "
                      + (", ".join(sampled) if sampled else "none (no node of it runs on this host)"))
     if report.get("load"):
         load = report["load"]

@@ -291,7 +291,8 @@ def run_on_cluster(cluster: Any, config: BenchConfig, *, load: bool, progress: P
                    phase: str = "leaderless") -> dict[str, Any]:
     """One measured run against a running cluster (a ``LocalCluster`` or a ``RunningCluster``: its
     ``data_dir``, ``pids`` to sample and ``status()``) whose bench bucket exists."""
-    target = {"kind": "leaderless", "data_dir": str(cluster.data_dir),
+    target = {"kind": "leaderless", "data_dir": str(cluster.data_dir) if cluster.data_dir else None,
+              "seeds": getattr(cluster, "seeds", None), "secret": getattr(cluster, "secret", None),
               "client_nodes": list(config.client_nodes) if config.client_nodes else None,
               "bucket": config.bucket,
               "request_timeout": config.request_timeout}
@@ -396,24 +397,25 @@ def run_leaderless(config: BenchConfig, progress: Progress | None = None) -> dic
 
 
 def run_running(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """One workload run against the cluster already running at ``config.data_dir``: its nodes are
-    left as they were; the keys go to a bucket of the run's own (``config.bucket``, made if absent)."""
+    """One workload run against the cluster already running at ``config.data_dir`` (or reached through
+    ``config.seeds`` and ``config.secret``): its nodes are left as they were; the keys go to a bucket of
+    the run's own (``config.bucket``, made if absent)."""
     from actors.errors import LeaderlessError
 
     from .running import RunningCluster
 
     config.validate()
-    assert config.data_dir is not None
+    assert config.running
     try:
-        cluster = RunningCluster(config.data_dir)
+        cluster = RunningCluster(config.data_dir, seeds=config.seeds, secret=config.secret)
     except LeaderlessError as exc:
-        raise BenchError(f"cannot reach the cluster at {config.data_dir}: {exc}") from exc
+        raise BenchError(f"cannot reach the cluster at {config.where}: {exc}") from exc
     try:
         try:
             cluster.client.create_bucket(config.bucket, config.bucket_type, n=config.n, r=config.r, w=config.w)
         except LeaderlessError as exc:
             raise BenchError(f"cannot make the bench bucket {config.bucket!r} on the cluster at "
-                             f"{config.data_dir}: {exc}") from exc
+                             f"{config.where}: {exc}") from exc
         report = run_on_cluster(cluster, config, load=WORKLOADS[config.workload].load_first, progress=progress)
         report["servers_sampled"] = sorted(cluster.pids)
         return report

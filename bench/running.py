@@ -1,12 +1,13 @@
 """A cluster that was running before the benchmark, as ``run_on_cluster`` sees it.
 
     cluster = RunningCluster("./leaderless-data")    # `leaderless cluster up`'s, or a copy of one's
+    cluster = RunningCluster(seeds="10.0.0.1:7001", secret="/path/to/secret")   # one across hosts
     cluster.status()                                  # every node's status ({"up": False} if silent)
     cluster.pids                                      # the nodes on this host, for the CPU sampler
 
 Its nodes are never started or stopped here. Their CPU is sampled only for nodes on this
 host: a node whose address is a loopback one and whose PID (from its status) is a
-``python -m actors.node`` process of that name.
+``python -m actors.node`` or ``leaderless node start`` process of that name.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from actors import connect
 
 
 class RunningCluster:
-    def __init__(self, data_dir: str) -> None:
-        self.data_dir = Path(data_dir).resolve()
-        self.client = connect(str(self.data_dir))
+    def __init__(self, data_dir: str | None = None, *, seeds: str | None = None, secret: str | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
+        self.seeds = seeds
+        self.secret = str(Path(secret).resolve()) if secret is not None else None
+        self.client = connect(str(self.data_dir) if self.data_dir else None, seeds=seeds, secret=self.secret)
         try:
             self.pids = local_node_pids(self.status())
         except BaseException:
@@ -60,7 +63,8 @@ def _is_node(pid: int, name: str) -> bool:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"actors.node" in args and any(a == b"--name" and b == name.encode() for a, b in itertools.pairwise(args))
+    node = b"actors.node" in args or any(a == b"node" and b == b"start" for a, b in itertools.pairwise(args))
+    return node and any(a == b"--name" and b == name.encode() for a, b in itertools.pairwise(args))
 
 
 __all__ = ["RunningCluster", "local_node_pids"]

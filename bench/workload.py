@@ -5,7 +5,8 @@
     op = mix.choose(rng); key = key_name(keys())
 
 Workloads A (50% read / 50% update), B (95/5), C (read only) and W (write only) as in
-YCSB (W is ours: YCSB has no pure-write workload). Key choice is uniform, or Zipfian
+YCSB (W is ours: YCSB has no pure-write workload), and CAS: serial writes only (linearizable
+puts, a Paxos round each; compare with W for what they cost). Key choice is uniform, or Zipfian
 with YCSB's constant 0.99 by the method of Gray et al., "Quickly generating
 billion-record synthetic databases" (SIGMOD 1994): rank 0 is the most popular key.
 """
@@ -25,18 +26,19 @@ class Workload:
     read_fraction: float
     description: str
     load_first: bool        # write every key before the run, so reads find values
+    write_op: str = "write"  # "cas": a serial (Paxos) put, ``put(..., serial=True)``
 
     def choose(self, rng: random.Random) -> str:
-        """``"read"`` or ``"write"``, in this workload's proportions."""
+        """``"read"`` or the write operation, in this workload's proportions."""
         if self.read_fraction >= 1.0:
             return "read"
         if self.read_fraction <= 0.0:
-            return "write"
-        return "read" if rng.random() < self.read_fraction else "write"
+            return self.write_op
+        return "read" if rng.random() < self.read_fraction else self.write_op
 
     @property
     def ops(self) -> tuple[str, ...]:
-        return tuple(op for op, share in (("read", self.read_fraction), ("write", 1 - self.read_fraction))
+        return tuple(op for op, share in (("read", self.read_fraction), (self.write_op, 1 - self.read_fraction))
                      if share > 0)
 
 
@@ -45,6 +47,7 @@ WORKLOADS: dict[str, Workload] = {
     "b": Workload("b", 0.95, "95% read, 5% update", True),
     "c": Workload("c", 1.0, "read only", True),
     "w": Workload("w", 0.0, "write only", False),
+    "cas": Workload("cas", 0.0, "serial writes only (a Paxos round each: put(..., serial=True))", False, "cas"),
 }
 
 DISTRIBUTIONS = ("uniform", "zipfian")

@@ -224,9 +224,21 @@ def _value_key(v: Any) -> tuple[int, Any]:
     return _rank_key(v, _VALUE_TYPES)
 
 
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+"""Integers a state may hold (what the record format stores: 64 bits)."""
+
+
+def _int64(n: int, what: str) -> int:
+    if not INT_MIN <= n <= INT_MAX:
+        raise CrdtError(f"{what} {n} is outside the 64-bit range a state can hold")
+    return n
+
+
 def _element(e: Any) -> Any:
     if type(e) not in _ELEMENT_TYPES:
         raise CrdtError(f"set elements must be str, bytes or int, not {type(e).__name__} ({e!r})")
+    if type(e) is int:
+        _int64(e, "a set element")
     return e
 
 
@@ -239,12 +251,14 @@ def _elements(es: Any) -> list[Any]:
 def _amount(n: Any) -> int:
     if type(n) is not int or n < 0:
         raise CrdtError(f"a counter amount must be an int >= 0, not {n!r}")
-    return n
+    return _int64(n, "a counter amount")
 
 
 def _register_value(v: Any) -> Any:
     if type(v) not in _VALUE_TYPES:
         raise CrdtError(f"a register holds bytes, str, int or None, not {type(v).__name__} ({v!r})")
+    if type(v) is int:
+        _int64(v, "a register value")
     return v
 
 
@@ -301,6 +315,7 @@ def _apply_counter(store: tuple, op: Any, dot: Dot, ts: Any) -> tuple:
     inc = sum(e[2] for e in store if e[0] == actor)
     dec = sum(e[3] for e in store if e[0] == actor)
     inc, dec = (inc + n, dec) if name == "increment" else (inc, dec + n)
+    _int64(max(inc, dec), "a counter's running total")
     rest = [e for e in store if e[0] != actor]
     return tuple(sorted(rest + [(actor, dot[1], inc, dec)]))
 

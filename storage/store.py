@@ -121,8 +121,13 @@ class Store(Protocol):
         objects: Iterable[tuple[str, Obj]] = (),
         hints: Iterable[tuple[str, str, Obj]] = (),
         deletes: Iterable[str] = (),
+        paxos: Iterable[tuple[str, bytes]] = (),
     ) -> None:
-        """In one transaction: put (key, obj) pairs, add (target, key, obj) hints, delete keys."""
+        """In one transaction: put (key, obj) pairs, add (target, key, obj) hints, delete keys, and set
+        (key, state) Paxos acceptor states."""
+
+    def paxos_get(self, key: str) -> bytes | None:
+        """The Paxos acceptor state last set for `key` (opaque bytes), or None."""
 
     def items(self, start: str | None = None) -> Iterator[tuple[str, Obj]]:
         """(key, obj) sorted by key from `start` (inclusive); safe while writes continue."""
@@ -254,6 +259,7 @@ class LmdbStore:
         self._objects = env.open_db(b"objects")
         self._hints = env.open_db(b"hints")
         self._meta = env.open_db(b"meta")
+        self._paxos = env.open_db(b"paxos")
         self._hint_ids = _HintIds()
         if sync if wal is None else wal:
             try:
@@ -402,15 +408,17 @@ class LmdbStore:
         objects: Iterable[tuple[str, Obj]] = (),
         hints: Iterable[tuple[str, str, Obj]] = (),
         deletes: Iterable[str] = (),
+        paxos: Iterable[tuple[str, bytes]] = (),
     ) -> None:
-        """Put `objects`, add `hints`, then remove `deletes`, all in one durable transaction (objects
-        alone: one durable append to the write-ahead log, when the store has one)."""
+        """Put `objects`, add `hints`, remove `deletes` and set `paxos` states, all in one durable
+        transaction (objects alone: one durable append to the write-ahead log, when the store has one)."""
         created = time.time()
         keyed = [(key, _key_bytes(key), encode_object(obj)) for key, obj in objects]
         held = [(target, _pack_hint(key, obj, created)) for target, key, obj in hints]
         removed = [_key_bytes(key) for key in deletes]
+        ballots = [(_key_bytes(key), bytes(state)) for key, state in paxos]
         with self._lock:
-            if self._wal is not None and not held and not removed:
+            if self._wal is not None and not held and not removed and not ballots:
                 if not keyed:
                     return
                 size = sum(len(data) + len(record) for _, data, record in keyed)
@@ -418,7 +426,7 @@ class LmdbStore:
                     self._log(keyed, size)
                     return
             self._checkpoint()                 # logged writes first, so this batch's come after them
-            self._commit([(data, record) for _, data, record in keyed], held, removed)
+            self._commit([(data, record) for _, data, record in keyed], held, removed, ballots)
 
     def _log(self, keyed: list[tuple[str, bytes, bytes]], size: int) -> None:
         """Log the batch durably and keep it in the memtable. The log never holds more than
@@ -438,7 +446,8 @@ class LmdbStore:
         # One ``update``: a reader in another thread sees all of the batch or none of it.
         self._memtable.update({key: record for key, _, record in keyed})
 
-    def _commit(self, puts: list[tuple[bytes, bytes]], held: list[tuple[str, bytes]], removed: list[bytes]) -> None:
+    def _commit(self, puts: list[tuple[bytes, bytes]], held: list[tuple[str, bytes]], removed: list[bytes],
+                ballots: list[tuple[bytes, bytes]] | None = None) -> None:
         def work(txn: lmdb.Transaction) -> None:
             if puts:
                 txn.cursor(db=self._objects).putmulti(puts)  # one call into LMDB; later pairs win
@@ -447,8 +456,18 @@ class LmdbStore:
                     pass  # an id left by an earlier run with a clock set back: take the next one
             for data in removed:
                 txn.delete(data, db=self._objects)
+            for data, state in ballots or ():
+                txn.put(data, state, db=self._paxos)
 
         self._write(work)
+
+    def paxos_get(self, key: str) -> bytes | None:
+        txn = self._environment().begin(db=self._paxos)
+        try:
+            state = txn.get(_key_bytes(key))
+        finally:
+            txn.abort()
+        return None if state is None else bytes(state)
 
     def _scan(self, db: lmdb._Database, start: bytes, values: bool = True) -> Iterator[tuple[bytes, bytes]]:
         """Records from `start` on, read `_CHUNK` at a time so no reader pins old pages for long."""
@@ -578,6 +597,7 @@ class MemoryStore:
         self._objects: dict[str, bytes] = {}
         self._hints: dict[bytes, bytes] = {}
         self._meta: dict[str, bytes] = {}
+        self._paxos: dict[str, bytes] = {}
         self._hint_ids = _HintIds()
         self._lock = threading.Lock()
         self._closed = False
@@ -621,18 +641,26 @@ class MemoryStore:
         objects: Iterable[tuple[str, Obj]] = (),
         hints: Iterable[tuple[str, str, Obj]] = (),
         deletes: Iterable[str] = (),
+        paxos: Iterable[tuple[str, bytes]] = (),
     ) -> None:
-        """Put `objects`, add `hints`, then remove `deletes`, all at once."""
+        """Put `objects`, add `hints`, remove `deletes` and set `paxos` states, all at once."""
         created = time.time()
         puts = [(_valid(key), encode_object(obj)) for key, obj in objects]
         held = [(self._hint_ids.next(target), _pack_hint(key, obj, created)) for target, key, obj in hints]
         removed = [_valid(key) for key in deletes]
+        ballots = [(_valid(key), bytes(state)) for key, state in paxos]
         with self._lock:
             self._check_open()
             self._objects.update(puts)
             self._hints.update(held)
             for key in removed:
                 self._objects.pop(key, None)
+            self._paxos.update(ballots)
+
+    def paxos_get(self, key: str) -> bytes | None:
+        with self._lock:
+            self._check_open()
+            return self._paxos.get(_valid(key))
 
     def items(self, start: str | None = None) -> Iterator[tuple[str, Obj]]:
         with self._lock:

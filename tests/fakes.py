@@ -166,11 +166,11 @@ class FakeStore(MemoryStore):
         self._changed = threading.Condition()
 
     def apply(self, objects: Iterable[tuple[str, DVVSet]] = (), hints: Iterable[tuple[str, str, DVVSet]] = (),
-              deletes: Iterable[str] = ()) -> None:
+              deletes: Iterable[str] = (), paxos: Iterable[tuple[str, bytes]] = ()) -> None:
         if self.full:
             self.refused += 1
             raise StoreFull("fake store is full: nothing of this batch was written")
-        super().apply(objects, hints, deletes)
+        super().apply(objects, hints, deletes, paxos)
         with self._changed:
             self._changed.notify_all()
 

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import InvalidRequest, LocalObject, QuorumFailed, RequestTimeout
-from actors.checker import check_convergence, check_counter, check_register, check_set
+from actors.checker import (
+    check_convergence,
+    check_counter,
+    check_delete,
+    check_map,
+    check_orset,
+    check_register,
+    check_set,
+)
 from actors.errors import ConnectionError_
 from actors.history import History, Op, outcome_of
 
@@ -394,3 +402,265 @@ def test_a_missing_copy_a_tombstone_and_an_unreachable_replica_all_count_as_dive
     result = check_convergence({"n1": {"k": obj(b"a")}}, primaries)
     assert not result["converged"] and result["divergent_keys"]["k"]["n2"] == "unknown"
     assert check_convergence({"n1": {"k": None}, "n2": {"k": None}}, primaries)["converged"]
+
+
+def test_check_convergence_compares_crdt_values_by_content_even_maps_and_sets() -> None:
+    a = LocalObject([{("f", "set"): frozenset({"x", "y"}), ("g", "flag"): True}], False, {"n1": 2}, 1)
+    b = LocalObject([{("g", "flag"): True, ("f", "set"): frozenset({"y", "x"})}], False, {"n1": 2}, 1)
+    c = LocalObject([{("g", "flag"): True, ("f", "set"): frozenset({"x"})}], False, {"n1": 2}, 1)
+    assert check_convergence({"n1": {"k": a}, "n2": {"k": b}}, {"k": ["n1", "n2"]})["converged"]
+    assert not check_convergence({"n1": {"k": a}, "n2": {"k": c}}, {"k": ["n1", "n2"]})["converged"]
+
+
+# --- copy counts --------------------------------------------------------------------------------
+
+def test_exactly_the_primaries_holding_a_key_is_an_exact_copy_count_and_a_tombstone_counts_as_a_copy() -> None:
+    inspections = {"n1": {"k": obj(b"a"), "d": obj(tombstone=True), "never": None},
+                   "n2": {"k": obj(b"a"), "d": obj(tombstone=True), "never": None},
+                   "n3": {"k": None, "d": None, "never": None}}
+    primaries = {"k": ["n1", "n2"], "d": ["n1", "n2"], "never": ["n2", "n3"]}
+    result = check_convergence(inspections, primaries, copies=True)
+    assert result["converged"] and result["copies_exact"] and result["copy_failures"] == 0
+    assert result["copy_counts"] == {"0": 1, "2": 2}          # a key nobody wrote (or a reaped tombstone): 0
+
+
+def test_a_copy_left_on_a_fallback_or_an_old_owner_is_a_wrong_copy_count_even_when_the_primaries_agree() -> None:
+    inspections = {"n1": {"k": obj(b"a")}, "n2": {"k": obj(b"a")}, "n3": {"k": obj(b"a")}, "n4": {"k": None}}
+    result = check_convergence(inspections, {"k": ["n1", "n2"]}, copies=True)      # a bucket with n=2
+    assert not result["converged"] and not result["copies_exact"] and result["divergent"] == 0
+    assert result["wrong_copies"]["k"] == {"holders": ["n1", "n2", "n3"], "primaries": ["n1", "n2"], "copies": 3,
+                                           "expected": 2}
+    assert check_convergence(inspections, {"k": ["n1", "n2"]})["converged"]       # without copies: not checked
+
+
+def test_a_bucket_with_n_1_whose_only_copy_sits_on_the_wrong_node_is_caught() -> None:
+    inspections = {"n1": {"k": None}, "n2": {"k": obj(b"a")}, "n3": {"k": None}}
+    result = check_convergence(inspections, {"k": ["n1"]}, copies=True)
+    assert not result["converged"] and result["copy_failures"] == 1 and result["divergent"] == 0   # one primary
+
+
+# --- OR-sets: adds and removes ---------------------------------------------------------------------
+
+def rm(value: str, outcome: str = "ok", key: str = "s", start: float = 2.0, end: float = 3.0, process: int = 1) -> Op:
+    return op(process, "remove", key, value, start, end, outcome)
+
+
+def test_an_or_set_run_that_keeps_what_was_added_and_drops_what_was_removed_is_valid() -> None:
+    history = [add("a"), add("b"), add("c"), add("d", "info"), add("e", "info"), add("f"), add("g"),
+               rm("b"), rm("c", "info"), rm("f", "info"), rm("g", "fail")]      # g: NotPresent, nothing removed
+    result = check_orset(history, {"s": ["a", "c", "d", "g"]})   # c: remove indeterminate, d: add indeterminate
+    assert result["valid"], result
+    assert (result["lost"], result["resurrected"], result["unexpected"]) == (0, 0, 0)
+    assert result["removed"] == 1 and result["kept"] == 2 and result["recovered"] == 1 and result["removed_maybe"] == 2
+    assert result["acknowledged"] == 6 and result["removes"] == {"ok": 1, "info": 2, "fail": 1}
+
+
+def test_an_element_whose_remove_was_acknowledged_and_that_comes_back_is_resurrected() -> None:
+    result = check_orset([add("a"), add("b"), rm("a"), rm("b")], {"s": ["a"]})
+    assert not result["valid"] and result["resurrected"] == 1 and result["resurrected_elements"] == [("s", "a")]
+    assert result["lost"] == 0 and result["removed"] == 1
+
+
+def test_an_add_that_may_be_concurrent_with_an_acknowledged_remove_may_survive_it() -> None:
+    late = add("a", start=0.0, end=2.5)                    # still in flight when the remove began at 2.0
+    assert check_orset([late, rm("a")], {"s": ["a"]})["valid"]
+    assert check_orset([add("a", "info"), rm("a")], {"s": ["a"]})["valid"]
+    assert not check_orset([add("a", end=1.9), rm("a")], {"s": ["a"]})["valid"]
+
+
+def test_an_acknowledged_add_that_no_remove_took_is_lost_when_missing_even_after_a_failed_remove() -> None:
+    result = check_orset([add("a"), add("b"), rm("b", "fail")], {"s": ["a"]})
+    assert not result["valid"] and result["lost_elements"] == [("s", "b")] and result["resurrected"] == 0
+
+
+def test_or_set_values_nobody_added_unread_keys_and_certainly_failed_adds_make_the_run_invalid() -> None:
+    assert check_orset([add("a")], {"s": ["a", "ghost"]})["unexpected_elements"] == [("s", "ghost")]
+    assert check_orset([add("a"), add("b", key="t")], {"s": ["a"], "t": None})["unread_keys"] == ["t"]
+    result = check_orset([add("a", "fail")], {"s": ["a"]})
+    assert not result["valid"] and result["failed_present"] == 1
+
+
+def test_an_or_set_read_that_misses_an_acknowledged_element_not_yet_removed_is_stale() -> None:
+    history = [add("a", end=1.0), add("b", end=1.0), rm("b", start=5.0, end=6.0),
+               read("s", ["a"], 2.0, 3.0),          # misses b, whose remove began only at 5: stale
+               read("s", ["a"], 5.5, 6.5),          # b is being removed: not stale
+               read("s", ["a", "b"], 2.0, 3.0)]
+    result = check_orset(history, {"s": ["a"]})
+    assert result["valid"] and result["reads"] == 3
+    assert result["stale_reads"] == 1 and result["stale_read_times"] == [2.0]
+
+
+class ToyOrSet:
+    """An OR-set with unique elements; ``forget_removes`` breaks it: a remove acknowledged while a
+    replica was behind is dropped when the replicas merge (the bug issue 17 found)."""
+
+    def __init__(self, forget_removes: bool = False) -> None:
+        self.forget_removes = forget_removes
+        self.elements: set[str] = set()
+        self.forgotten: set[str] = set()
+
+    def add(self, element: str) -> None:
+        self.elements.add(element)
+
+    def remove(self, element: str) -> bool:
+        if element not in self.elements:
+            return False                                      # NotPresent
+        self.elements.discard(element)
+        if self.forget_removes:
+            self.forgotten.add(element)
+        return True
+
+    def final(self) -> set[str]:
+        return self.elements | self.forgotten
+
+
+def drive_orset(store: ToyOrSet, script: list[tuple[str, int]]) -> tuple[list[Op], dict[str, list[str]]]:
+    """Sequential ops: ("add", i) adds element ei, ("remove", i) removes it."""
+    ops, clock = [], itertools.count()
+    for verb, i in script:
+        start, element = float(next(clock)), f"e{i}"
+        if verb == "add":
+            store.add(element)
+            ops.append(op(0, "add", "s", element, start, start + 0.5, "ok"))
+        else:
+            ops.append(op(1, "remove", "s", element, start, start + 0.5, "ok" if store.remove(element) else "fail"))
+    return ops, {"s": sorted(store.final())}
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove"]), st.integers(0, 6)), max_size=30))
+def test_no_sequence_of_adds_and_removes_on_a_correct_or_set_is_flagged_and_forgotten_removes_always_are(
+        script: list[tuple[str, int]]) -> None:
+    seen: set[int] = set()
+    script = [(v, i) for v, i in script if (v == "add" and i not in seen and not seen.add(i)) or v == "remove"]
+    ops, final = drive_orset(ToyOrSet(), script)
+    assert check_orset(ops, final)["valid"]
+    broken_ops, broken_final = drive_orset(ToyOrSet(forget_removes=True), script)
+    result = check_orset(broken_ops, broken_final)
+    removed = sum(1 for o in broken_ops if o.kind == "remove" and o.outcome == "ok")
+    assert result["resurrected"] == removed and result["valid"] == (removed == 0)
+
+
+# --- maps: field updates and removes ---------------------------------------------------------------
+
+def upd(field: str, ftype: str, verb: str, arg: Any = None, outcome: str = "ok", start: float = 0.0,
+        end: float = 1.0, key: str = "m") -> Op:
+    return op(0, "field-update", key, {"field": field, "type": ftype, "op": verb, "arg": arg}, start, end, outcome)
+
+
+def field_rm(field: str, ftype: str, outcome: str = "ok", start: float = 2.0, end: float = 3.0, key: str = "m") -> Op:
+    return op(0, "field-remove", key, {"field": field, "type": ftype}, start, end, outcome)
+
+
+def elem_rm(field: str, element: str, outcome: str = "ok", start: float = 2.0, end: float = 3.0,
+            key: str = "m") -> Op:
+    return op(0, "elem-remove", key, {"field": field, "type": "set", "element": element}, start, end, outcome)
+
+
+def map_history() -> list[Op]:
+    return [upd("p0.reg0", "register", "assign", "v1"), upd("p0.reg0", "register", "assign", "v2", start=1, end=1.5),
+            upd("p0.set", "set", "add", "x"), upd("p0.set", "set", "add", "y"), elem_rm("p0.set", "x"),
+            upd("p0.t1", "flag", "enable"), field_rm("p0.t1", "flag"),
+            upd("p0.t2", "set", "add", "z"), field_rm("p0.t2", "set"),
+            upd("p0.t3", "register", "assign", "w")]
+
+
+def test_a_map_that_keeps_updated_fields_and_drops_removed_ones_and_elements_is_valid() -> None:
+    final = {"m": [["p0.reg0", "register", "v1"], ["p0.set", "set", ["y"]], ["p0.t3", "register", "w"]]}
+    result = check_map(map_history(), final)
+    assert result["valid"], result
+    assert result["acknowledged"] == 10 and result["removes"] == {"ok": 3, "info": 0, "fail": 0}
+    assert result["removed"] == 5            # x, t1 and its truth, t2 and its element z
+    dict_form = {"m": {("p0.reg0", "register"): "v2", ("p0.set", "set"): frozenset({"y"}),
+                       ("p0.t3", "register"): "w"}}
+    assert check_map(map_history(), dict_form)["valid"]        # which assignment wins is not judged
+
+
+def test_a_removed_map_field_or_set_element_that_comes_back_is_resurrected() -> None:
+    final = {"m": [["p0.reg0", "register", "v1"], ["p0.set", "set", ["x", "y"]], ["p0.t1", "flag", True],
+                   ["p0.t3", "register", "w"]]}
+    result = check_map(map_history(), final)
+    assert not result["valid"] and result["resurrected"] == 3
+    assert result["resurrected_elements"] == [("m", ("elem", "p0.set", "x")), ("m", ("field", "p0.t1", "flag")),
+                                              ("m", ("flag", "p0.t1"))]
+
+
+def test_a_map_field_or_element_that_was_acknowledged_and_never_removed_must_be_there() -> None:
+    final = {"m": [["p0.set", "set", []], ["p0.t3", "flag", True]]}
+    result = check_map(map_history(), final)
+    assert not result["valid"]
+    assert ("m", ("field", "p0.reg0", "register")) in result["lost_elements"]
+    assert ("m", ("elem", "p0.set", "y")) in result["lost_elements"]
+    assert ("m", ("field", "p0.t3", "register")) in result["lost_elements"]
+    assert ("m", ("field", "p0.t3", "flag")) in result["unexpected_elements"]
+
+
+def test_a_register_field_holding_a_value_nobody_assigned_is_unexpected_and_a_false_acknowledged_flag_is_lost(
+        ) -> None:
+    final = {"m": [["p0.reg0", "register", "v9"], ["p0.set", "set", ["y"]], ["p0.t3", "register", "w"]]}
+    result = check_map(map_history(), final)
+    assert not result["valid"] and result["unexpected_elements"] == [("m", ("p0.reg0", "v9"))]
+    history = [upd("p0.f", "flag", "enable")]
+    result = check_map(history, {"m": [["p0.f", "flag", False]]})
+    assert not result["valid"] and result["lost_elements"] == [("m", ("flag", "p0.f"))]
+
+
+def test_indeterminate_map_updates_and_removes_may_go_either_way() -> None:
+    history = [upd("p0.t1", "register", "assign", "a", outcome="info"), upd("p0.t2", "flag", "enable"),
+               field_rm("p0.t2", "flag", outcome="info")]
+    for final in ({"m": []}, {"m": [["p0.t1", "register", "a"], ["p0.t2", "flag", True]]}):
+        assert check_map(history, final)["valid"], final
+
+
+# --- deletes -------------------------------------------------------------------------------------
+
+def delete(process: int, key: str, value: str, observed: list[Any] | None, start: float, end: float,
+           outcome: str = "ok") -> Op:
+    return op(process, "delete", key, value, start, end, outcome, {"observed": observed})
+
+
+def delete_history() -> list[Op]:
+    return [write(1, "k", 1, [], 0, 1), write(1, "k", 2, [1], 2, 3), delete(1, "k", "d1", [2], 4, 5),
+            write(1, "k", 3, [], 6, 7), delete(1, "j", "d2", [], 0, 1), write(1, "j", 10, [], 2, 3)]
+
+
+def test_a_key_written_deleted_and_written_again_that_holds_its_last_write_is_valid() -> None:
+    result = check_delete(delete_history(), {"k": [3], "j": [10]})
+    assert result["valid"], result
+    assert result["acknowledged"] == 6 and result["deletes"] == {"ok": 2, "info": 0, "fail": 0}
+
+
+def test_a_value_an_acknowledged_delete_observed_that_comes_back_is_resurrected() -> None:
+    result = check_delete(delete_history(), {"k": [2, 3], "j": [10]})
+    assert not result["valid"] and result["resurrected_values"] == [("k", 2)]
+    result = check_delete(delete_history(), {"k": [1, 3], "j": [10]})      # observed through 2's read
+    assert not result["valid"] and result["resurrected_values"] == [("k", 1)]
+
+
+def test_the_last_acknowledged_write_after_a_delete_is_not_lost_and_a_deleted_key_may_read_empty() -> None:
+    result = check_delete(delete_history(), {"k": [], "j": [10]})
+    assert not result["valid"] and result["lost_writes"] == [("k", 3)]
+    history = delete_history()[:3] + [delete(1, "k", "d3", [], 6, 7, outcome="info")]
+    result = check_delete(history, {"k": [], "j": None})
+    assert result["lost"] == 0 and result["unread_keys"] == ["j"]
+    assert check_delete(delete_history()[:3], {"k": []})["valid"]
+
+
+def test_a_delete_whose_read_missed_a_write_leaves_that_write_standing_beside_the_tombstone() -> None:
+    history = [write(1, "k", 1, [], 0, 1), delete(1, "k", "d1", [], 2, 3)]      # a stale read saw nothing
+    assert check_delete(history, {"k": [1]})["valid"]
+    assert not check_delete(history, {"k": []})["valid"]                         # 1 was never deleted: lost
+
+
+def test_a_delete_that_certainly_failed_deletes_nothing_and_unknown_values_are_unexpected() -> None:
+    history = [write(1, "k", 1, [], 0, 1), delete(1, "k", "d1", [1], 2, 3, outcome="fail")]
+    assert check_delete(history, {"k": []})["lost_writes"] == [("k", 1)]
+    assert check_delete(history, {"k": [1, 7]})["unexpected_values"] == [("k", 7)]
+
+
+def test_a_counter_read_above_the_attempted_sum_is_over_counted() -> None:
+    history = [inc(2, 0, 1), inc(3, 0, 1, "info"), counter_read(6, 2, 3)]
+    result = check_counter(history, {"c": 5})
+    assert not result["valid"] and result["over_counted"] == 1 and result["unexpected"] == 1
+    assert check_counter(history, {"c": 2})["over_counted"] == 1                # the read, not the final
+    assert check_counter([inc(2, 0, 1), inc(3, 0, 1, "info")], {"c": 5})["over_counted"] == 0

@@ -129,6 +129,14 @@ def test_metadata_is_stored_by_name(store: Store) -> None:
     assert store.meta_get("actor_id") == b"node-a:2"
 
 
+def test_paxos_states_are_set_with_a_batch_and_read_back_by_key(store: Store) -> None:
+    assert store.paxos_get("k") is None
+    store.apply(objects=[("k", obj(b"v"))], paxos=[("k", b"state-1"), ("other", b"s")])
+    assert store.paxos_get("k") == b"state-1" and store.get("k") == obj(b"v")
+    store.apply(paxos=[("k", b"state-2")])
+    assert (store.paxos_get("k"), store.paxos_get("other")) == (b"state-2", b"s")
+
+
 @pytest.mark.parametrize("bad_key", ["", "x" * 512, "é" * 256])
 def test_a_batch_with_a_bad_key_is_refused_whole(store: Store, bad_key: str) -> None:
     with pytest.raises(ValueError, match="utf-8 bytes"):
@@ -238,6 +246,17 @@ def test_lmdb_data_survives_close_and_reopen(tmp_path: Path) -> None:
         assert store.meta_get("incarnation") == b"3"
     finally:
         store.close()
+
+
+def test_lmdb_paxos_states_survive_close_and_reopen(tmp_path: Path) -> None:
+    store = LmdbStore(str(tmp_path / "db"))
+    store.apply(paxos=[("k", b"promised (5, n2)")])
+    store.close()
+    again = LmdbStore(str(tmp_path / "db"))
+    try:
+        assert again.paxos_get("k") == b"promised (5, n2)"
+    finally:
+        again.close()
 
 
 def test_lmdb_refuses_to_open_one_environment_twice_in_a_process(tmp_path: Path) -> None:
